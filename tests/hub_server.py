@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import secrets
+import signal
 import socket
 import struct
 import sys
@@ -70,12 +71,15 @@ CHUNK_SIZE = 1 << 20
 class HubError(Exception):
     """Error response with its HTTP status and the X-Error-Code header that clients map to exceptions."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    def __init__(
+        self, status: int, message: str, code: str | None = None, headers: dict | None = None, body: dict | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.headers = headers or {}
+        self.body = body or {}  # fields to send next to "error"
 
 
 @dataclass(frozen=True)
@@ -228,18 +232,22 @@ def list_tree(files: dict, directory: str, recursive: bool) -> list[dict] | None
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """Return the inclusive byte range of a single-range ``Range`` header, None to send the whole file.
 
-    Raises HubError 416 when the range starts past the end of the file.
+    Raises HubError 416 when the range starts past the end of the file or asks for 0 bytes.
     """
     match = re.fullmatch(r"bytes=(\d*)-(\d*)", (header or "").strip())
+    # RFC 9110 lets a server ignore a Range header with several or malformed ranges.
     if match is None or match.group(1) == match.group(2) == "":
-        return None  # multiple or malformed ranges: RFC 9110 allows ignoring the header
+        return None
     first, last = match.groups()
+    if first and last and int(last) < int(first):
+        return None
     if first == "":
         start, end = max(0, size - int(last)), size - 1
     else:
         start, end = int(first), min(int(last), size - 1) if last else size - 1
-    if start >= size or start > end:
-        raise HubError(416, f"Range {header} is outside the file of {size} bytes", headers={"Content-Range": f"bytes */{size}"})
+    if start >= size or end < start:
+        message = f"Range {header} is outside the file of {size} bytes"
+        raise HubError(416, message, headers={"Content-Range": f"bytes */{size}"})
     return start, end
 
 
@@ -273,6 +281,8 @@ class Store:
         return self.objects / sha256
 
     def has_object(self, sha256: str, size: int | None = None) -> bool:
+        if not isinstance(sha256, str) or not SHA256_PATTERN.fullmatch(sha256):
+            return False  # also keeps client-sent oids from naming paths outside objects/
         path = self.object_path(sha256)
         return path.is_file() and (size is None or path.stat().st_size == size)
 
@@ -295,7 +305,11 @@ class Store:
                     received += len(chunk)
                     output.write(chunk)
             if received != size or digest.hexdigest() != sha256:
-                raise HubError(400, f"Uploaded content has {received} bytes and sha256 {digest.hexdigest()}, expected {size} bytes and sha256 {sha256}")
+                raise HubError(
+                    400,
+                    f"Uploaded content has {received} bytes and sha256 {digest.hexdigest()},"
+                    f" expected {size} bytes and sha256 {sha256}",
+                )
             os.replace(partial, self.object_path(sha256))
         finally:
             partial.unlink(missing_ok=True)
@@ -349,7 +363,9 @@ class Store:
             return matches[0] if len(matches) == 1 else None
         return None
 
-    def add_commit(self, repo: dict, ref: tuple[str, str], parent: str | None, files: dict, title: str, message: str, author: str) -> str:
+    def add_commit(
+        self, repo: dict, ref: tuple[str, str], parent: str | None, files: dict, title: str, message: str, author: str
+    ) -> str:
         date = now_iso()
         seed = json.dumps([repo["id"], parent, title, date, secrets.token_hex(8)]).encode()
         sha = hashlib.sha1(seed).hexdigest()
@@ -372,7 +388,7 @@ class HubServer(ThreadingHTTPServer):
         self.store = store
         self.regular_only = regular_only
         self.accounts = {
-            token: Account(token_name=f"token-{index}", user=spec["user"], write=bool(spec.get("write")), orgs=tuple(spec.get("orgs", ())))
+            token: Account(f"token-{index}", spec["user"], bool(spec.get("write")), tuple(spec.get("orgs", ())))
             for index, (token, spec) in enumerate(tokens.items())
         }
         self.upload_capabilities: dict[str, tuple[str, int]] = {}  # capability -> (sha256, size)
@@ -429,14 +445,14 @@ class HubHandler(BaseHTTPRequestHandler):
     # Clients keep HTTP/1.1 connections in a pool, so every response carries Content-Length and
     # every request body is read to its end, even when the request fails.
     protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; with Nagle's algorithm on, the client's delayed
-    # ACK then adds about 40 ms to every response.
+    # Headers and body go out in separate writes. With Nagle's algorithm on, the client's delayed
+    # ACK then adds about 40 ms to every response (measured on Linux).
     disable_nagle_algorithm = True
     server: HubServer
 
     # ----- dispatch -----
 
-    def do_GET(self) -> None:
+    def _handle(self) -> None:
         self.status = None
         self.account: Account | None = None
         self.body_consumed = False
@@ -460,9 +476,10 @@ class HubHandler(BaseHTTPRequestHandler):
             self._drain_body()
             with self.server.control_lock:
                 user = self.account.user if self.account else None
-                self.server.request_log.append({"method": self.command, "path": self.route_path, "status": self.status, "user": user})
+                entry = {"method": self.command, "path": self.route_path, "status": self.status, "user": user}
+                self.server.request_log.append(entry)
 
-    do_HEAD = do_POST = do_PUT = do_DELETE = do_GET
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _handle
 
     def _match_route(self):
         path_matched = False
@@ -493,21 +510,24 @@ class HubHandler(BaseHTTPRequestHandler):
         return account
 
     def _inject_fault(self) -> bool:
-        """Answer the request with a configured fault and return True, or return False if none matches."""
+        """Send the response of the first matching fault and return True, or return False if none matches."""
         with self.server.control_lock:
-            fault = next(
-                (f for f in self.server.faults if f["method"] in (None, self.command) and f["pattern"].search(self.route_path)),
-                None,
+            matching = (
+                fault
+                for fault in self.server.faults
+                if fault["method"] in (None, self.command) and fault["pattern"].search(self.route_path)
             )
+            fault = next(matching, None)
             if fault is None:
                 return False
             fault["count"] -= 1
             if fault["count"] <= 0:
                 self.server.faults.remove(fault)
         self._drain_body()
-        logger.info("Injecting fault into %s %s: %s", self.command, self.route_path, "reset" if fault["reset"] else fault["status"])
+        outcome = "reset" if fault["reset"] else fault["status"]
+        logger.info("Injecting fault into %s %s: %s", self.command, self.route_path, outcome)
         if fault["reset"]:
-            # SO_LINGER with a zero timeout makes close() send a TCP RST instead of a FIN.
+            # With SO_LINGER set to 0 seconds, close() resets the connection (TCP RST).
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
             self.status = "reset"
@@ -563,7 +583,9 @@ class HubHandler(BaseHTTPRequestHandler):
 
     # ----- responses -----
 
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, content_type: str = "application/json") -> None:
+    def _send(
+        self, status: int, body: bytes = b"", headers: dict | None = None, content_type: str = "application/json"
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -574,18 +596,23 @@ class HubHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         self.status = status
 
-    def _send_json(self, payload: Any, status: int = 200, headers: dict | None = None, content_type: str = "application/json") -> None:
+    def _send_json(
+        self, payload: Any, status: int = 200, headers: dict | None = None, content_type: str = "application/json"
+    ) -> None:
         self._send(status, json.dumps(payload).encode(), headers, content_type)
 
     def _send_error(self, error: HubError) -> None:
+        status = f"{error.status} {error.code}" if error.code else str(error.status)
+        logger.info("%s %s failed with %s: %s", self.command, self.route_path, status, error.message)
         # Clients read the error code from a header because HEAD responses have no body.
-        headers = {"X-Error-Message": error.message.encode("ascii", "replace").decode().replace("\n", " "), **error.headers}
+        header_message = error.message.encode("ascii", "replace").decode().replace("\n", " ")
+        headers = {"X-Error-Message": header_message, **error.headers}
         if error.code:
             headers["X-Error-Code"] = error.code
-        self._send_json({"error": error.message}, error.status, headers)
+        self._send_json({"error": error.message, **error.body}, error.status, headers)
 
     def log_request(self, code="-", size="-") -> None:
-        # The default access log prints the request line, whose query may hold an upload capability.
+        # The default access log prints the request line, whose query may contain an upload capability.
         logger.info("%s %s %s", self.command, urlsplit(self.path).path, code)
 
     def log_message(self, format: str, *args) -> None:
@@ -608,7 +635,7 @@ class HubHandler(BaseHTTPRequestHandler):
         if self.account is None:
             raise HubError(401, "This request needs a token with write access")
         if not self.account.write:
-            raise HubError(403, f"The token of user {self.account.user} is read-only; use a token with write access")
+            raise HubError(403, f"The token of user {self.account.user} is read-only. Use a token with write access.")
         if not self.account.owns(namespace):
             raise HubError(403, f"User {self.account.user} has no write access to namespace {namespace}")
 
@@ -683,7 +710,7 @@ class HubHandler(BaseHTTPRequestHandler):
         payload = self._json_body()
         name, repo_type = payload.get("name"), payload.get("type") or "model"
         if not isinstance(name, str) or not REPO_NAME_PATTERN.fullmatch(name) or name.endswith(".git"):
-            raise HubError(400, f"Invalid repo name {name!r}: use letters, digits, '-', '_' and '.', at most 96 characters")
+            raise HubError(400, f"Invalid repo name {name!r}. Use letters, digits, '-', '_' and '.', at most 96.")
         if repo_type not in URL_PREFIXES:
             raise HubError(400, f"Invalid repo type {repo_type!r}, expected one of {', '.join(URL_PREFIXES)}")
         if repo_type == "space" and payload.get("sdk") not in SPACE_SDKS:
@@ -692,14 +719,16 @@ class HubHandler(BaseHTTPRequestHandler):
             raise HubError(401, "Creating a repo needs a token with write access")
         namespace = payload.get("organization") or self.account.user
         self._require_write(namespace)
-        private = payload.get("visibility", "private" if payload.get("private") else "public") != "public"
+        visibility = payload.get("visibility") or ("private" if payload.get("private") else "public")
+        private = visibility == "private"
         repo_id = f"{namespace}/{name}"
         with self.server.store.lock:
             if (repo_type, repo_id) in self.server.store.repos:
-                # Never use "Cannot create repo: another conflicting operation is in progress"
-                # here: huggingface_hub retries that 409 in an endless loop.
+                # create_repo(exist_ok=True) reads "url" from this 409. Never use "Cannot create
+                # repo: another conflicting operation is in progress" here: huggingface_hub
+                # retries that 409 in an endless loop.
                 url = self._repo_url(self.server.store.repos[(repo_type, repo_id)])
-                raise HubError(409, f"You already created this {repo_type} repo: {repo_id}", headers={"X-Repo-Url": url})
+                raise HubError(409, f"You already created this {repo_type} repo: {repo_id}", body={"url": url})
             repo = self.server.store.create_repo(repo_type, repo_id, private, payload.get("sdk"), self.account.user)
         logger.info("Created %s repo %s (private=%s)", repo_type, repo_id, private)
         self._send_json({"url": self._repo_url(repo), "name": repo_id, "id": repo_id})
@@ -718,7 +747,7 @@ class HubHandler(BaseHTTPRequestHandler):
         with self.server.store.lock:
             repo = self._writable_repo(repo_type, namespace, name)
             if "visibility" in payload:
-                repo["private"] = payload["visibility"] != "public"
+                repo["private"] = payload["visibility"] == "private"
             if "private" in payload:
                 repo["private"] = bool(payload["private"])
             if "gated" in payload:
@@ -731,11 +760,12 @@ class HubHandler(BaseHTTPRequestHandler):
     def route_validate_yaml(self) -> None:
         content = self._json_body().get("content")
         if not isinstance(content, str):
-            raise HubError(400, "validate-yaml needs the README text in 'content'")
+            raise HubError(400, "Missing 'content' in the request. Send the README text as a string.")
         # The client calls .json() before it checks the status, so errors must be JSON too.
         try:
             parse_card_metadata(content)
         except ValueError as error:
+            logger.info("Rejected README front matter: %s", error)
             self._send_json({"errors": [{"message": str(error)}], "warnings": []}, 400)
             return
         self._send_json({"errors": [], "warnings": []})
@@ -743,10 +773,36 @@ class HubHandler(BaseHTTPRequestHandler):
     # ----- reading repos -----
 
     def route_list_repos(self, repo_type: str) -> None:
+        rows = self._find_repos(repo_type)
+
+        sort_key = self.query.get("sort", [None])[-1]
+        if sort_key in ("createdAt", "lastModified", "id"):
+            rows.sort(key=lambda row: row[sort_key], reverse=sort_key != "id")
+        limit = self.query.get("limit", [""])[-1]
+        if limit:
+            if not limit.isdigit():
+                raise HubError(400, f"Invalid limit {limit!r}, expected a non-negative integer")
+            rows = rows[: int(limit)]
+
+        # Like the Hub, a listing leaves out the heavier fields unless the request sets full, cardData
+        # or expand.
+        expand = self.query.get("expand", [])
+        if expand:
+            rows = [{key: row[key] for key in row if key in ("_id", "id", *expand)} for row in rows]
+        else:
+            omitted = {"sha", "lastModified", "siblings", "gated", "disabled", "usedStorage"}
+            if self._flag("full"):
+                omitted.clear()
+            if not self._flag("cardData"):
+                omitted.add("cardData")
+            rows = [{key: value for key, value in row.items() if key not in omitted} for row in rows]
+        self._send_json(rows)
+
+    def _find_repos(self, repo_type: str) -> list[dict]:
+        """Return summaries of the readable repos that match the search, author and filter parameters."""
         searches = [term.lower() for term in self.query.get("search", [])]
         filters = self.query.get("filter", [])
         author = self.query.get("author", [None])[-1]
-        expand = self.query.get("expand", [])
         rows = []
         with self.server.store.lock:
             for (kind, repo_id), repo in self.server.store.repos.items():
@@ -758,24 +814,10 @@ class HubHandler(BaseHTTPRequestHandler):
                     continue
                 sha = repo["branches"]["main"]
                 summary = self._repo_summary(repo, sha, repo["commits"][sha])
+                # A filter value matches a tag, so several filters must all be tags of the repo.
                 if all(tag in summary["tags"] for tag in filters):
                     rows.append(summary)
-        sort_key = self.query.get("sort", [None])[-1]
-        if sort_key in ("createdAt", "lastModified", "id"):
-            rows.sort(key=lambda row: row[sort_key], reverse=sort_key != "id")
-        if self.query.get("limit"):
-            rows = rows[: int(self.query["limit"][-1])]
-        # Like the Hub, a plain listing leaves out the heavier fields unless asked for them.
-        if expand:
-            rows = [{key: row[key] for key in row if key in ("_id", "id", *expand)} for row in rows]
-        else:
-            full, card_data = self._flag("full"), self._flag("cardData")
-            heavy = {"sha", "lastModified", "siblings", "gated", "disabled", "usedStorage"}
-            rows = [
-                {key: value for key, value in row.items() if (full or key not in heavy) and (card_data or key != "cardData")}
-                for row in rows
-            ]
-        self._send_json(rows)
+        return rows
 
     def route_repo_info(self, repo_type: str, namespace: str, name: str, rev: str = "main") -> None:
         with self.server.store.lock:
@@ -788,20 +830,22 @@ class HubHandler(BaseHTTPRequestHandler):
         self._send_json(summary)
 
     def route_tree(self, repo_type: str, namespace: str, name: str, rev: str, path: str = "") -> None:
+        # NOTE: expand=true is accepted, but entries never carry lastCommit or securityFileStatus.
         with self.server.store.lock:
             sha, commit = self._commit_at(self._repo(repo_type, namespace, name), rev)
         entries = list_tree(commit["files"], path.strip("/"), self._flag("recursive"))
         if entries is None:
             # HfFileSystem turns this into FileNotFoundError, and datasets' first push relies on it.
-            raise HubError(404, f"Entry not found: {path} is no directory at {sha}", "EntryNotFound", {"X-Repo-Commit": sha})
+            message = f"Entry not found: {path} is no directory at {sha}"
+            raise HubError(404, message, "EntryNotFound", {"X-Repo-Commit": sha})
         self._send_json(entries)
 
     def route_paths_info(self, repo_type: str, namespace: str, name: str, rev: str) -> None:
-        body = self._read_body()
+        # huggingface_hub sends a form (paths=a&paths=b&expand=false), not JSON.
         if "json" in self.headers.get("Content-Type", ""):
-            paths = json.loads(body or b"{}").get("paths", [])
+            paths = self._json_body().get("paths", [])
         else:
-            paths = parse_qs(body.decode(), keep_blank_values=True).get("paths", [])
+            paths = parse_qs(self._read_body().decode(errors="replace"), keep_blank_values=True).get("paths", [])
         with self.server.store.lock:
             _, commit = self._commit_at(self._repo(repo_type, namespace, name), rev)
         files, entries = commit["files"], []
@@ -815,14 +859,19 @@ class HubHandler(BaseHTTPRequestHandler):
     def route_refs(self, repo_type: str, namespace: str, name: str) -> None:
         with self.server.store.lock:
             repo = self._repo(repo_type, namespace, name)
-            refs = {
-                "branches": [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": sha} for n, sha in sorted(repo["branches"].items())],
-                "converts": [],
-                "tags": [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": sha} for n, sha in sorted(repo["tags"].items())],
-            }
-            if self._flag("include_prs"):
-                pulls = sorted(repo["pulls"].items(), key=lambda item: int(item[0]))
-                refs["pullRequests"] = [{"name": f"refs/pr/{n}", "ref": f"refs/pr/{n}", "targetCommit": sha} for n, sha in pulls]
+            branches = sorted(repo["branches"].items())
+            tags = sorted(repo["tags"].items())
+            pulls = sorted(repo["pulls"].items(), key=lambda item: int(item[0]))
+        # huggingface_hub indexes branches, converts and tags directly, so all three must be present.
+        refs = {
+            "branches": [{"name": branch, "ref": f"refs/heads/{branch}", "targetCommit": sha} for branch, sha in branches],
+            "converts": [],
+            "tags": [{"name": tag, "ref": f"refs/tags/{tag}", "targetCommit": sha} for tag, sha in tags],
+        }
+        if self._flag("include_prs"):
+            refs["pullRequests"] = [
+                {"name": f"refs/pr/{number}", "ref": f"refs/pr/{number}", "targetCommit": sha} for number, sha in pulls
+            ]
         self._send_json(refs)
 
     def route_commits(self, repo_type: str, namespace: str, name: str, rev: str) -> None:
@@ -833,7 +882,10 @@ class HubHandler(BaseHTTPRequestHandler):
             sha, _ = self._commit_at(repo, rev)
             while sha:
                 commit = repo["commits"][sha]
-                item = {"id": sha, "title": commit["title"], "message": commit["message"], "date": commit["date"], "authors": [{"user": commit["author"]}]}
+                item = {
+                    "id": sha, "title": commit["title"], "message": commit["message"],
+                    "date": commit["date"], "authors": [{"user": commit["author"]}],
+                }
                 if formatted:
                     item["formatted"] = {"title": commit["title"], "message": commit["message"]}
                 history.append(item)
@@ -851,7 +903,8 @@ class HubHandler(BaseHTTPRequestHandler):
         # ETag is the name of the blob in the client's cache: sha256 for LFS files and the git
         # blob sha1 otherwise, as on the Hub. Content-Length must be the real size on HEAD too,
         # or hf_hub_download caches an empty file.
-        headers = {"ETag": f'"{entry["sha256"] if entry["lfs"] else entry["oid"]}"', "X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
+        etag = entry["sha256"] if entry["lfs"] else entry["oid"]
+        headers = {"ETag": f'"{etag}"', "X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
         byte_range = parse_range(self.headers.get("Range"), size) if self.command == "GET" else None
         start, end = byte_range or (0, size - 1)
         self.send_response(206 if byte_range else 200)
@@ -933,7 +986,8 @@ class HubHandler(BaseHTTPRequestHandler):
             if not isinstance(path, str) or not isinstance(size, int):
                 raise HubError(400, f"Each preupload file needs a string 'path' and an integer 'size', got {item!r}")
             lfs = not self.server.regular_only and (path.endswith(LFS_SUFFIXES) or size > LFS_MIN_SIZE)
-            result = {"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": is_ignored(path, gitignore or "")}
+            ignored = is_ignored(path, gitignore or "")
+            result = {"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": ignored}
             # With the remote oid the client drops unchanged files. It hashes LFS files with
             # sha256 and regular files with the git blob sha1.
             remote = files.get(path)
@@ -952,9 +1006,12 @@ class HubHandler(BaseHTTPRequestHandler):
         objects = []
         for item in payload.get("objects", []):
             sha256, size = item.get("oid"), item.get("size")
-            if not isinstance(sha256, str) or not SHA256_PATTERN.fullmatch(sha256) or not isinstance(size, int) or size < 0:
-                message = f"Invalid LFS object: oid must be 64 lowercase hex digits and size a non-negative integer, got {item!r}"
-                objects.append({"oid": str(sha256), "size": size if isinstance(size, int) else 0, "error": {"code": 422, "message": message}})
+            valid_oid = isinstance(sha256, str) and SHA256_PATTERN.fullmatch(sha256)
+            valid_size = isinstance(size, int) and size >= 0
+            if not (valid_oid and valid_size):
+                message = f"Invalid LFS object {item!r}. Send a sha256 oid (64 lowercase hex digits) and a size >= 0."
+                error = {"code": 422, "message": message}
+                objects.append({"oid": str(sha256), "size": size if isinstance(size, int) else 0, "error": error})
             elif self.server.store.has_object(sha256, size):
                 objects.append({"oid": sha256, "size": size})  # no "actions": the client skips the upload
             else:
@@ -971,7 +1028,8 @@ class HubHandler(BaseHTTPRequestHandler):
         with self.server.control_lock:
             expected = self.server.upload_capabilities.get(capability)
         if expected is None or expected[0] != sha256:
-            raise HubError(403, f"The upload capability is invalid for LFS object {sha256}; request a new one from the batch endpoint")
+            message = f"Invalid upload capability for LFS object {sha256}. Request a new one from the batch endpoint."
+            raise HubError(403, message)
         self.server.store.add_object_from_stream(self._iter_body(), sha256, expected[1])
         with self.server.control_lock:
             self.server.upload_capabilities.pop(capability, None)
@@ -987,7 +1045,8 @@ class HubHandler(BaseHTTPRequestHandler):
         self._send_json({})
 
     def route_xet_token(self, repo_type: str, namespace: str, name: str, rev: str) -> None:
-        raise HubError(501, "The Hub stand-in does not emulate Xet storage; set HF_HUB_DISABLE_XET=1 before importing huggingface_hub")
+        message = "The Hub stand-in has no Xet storage. Set HF_HUB_DISABLE_XET=1 before importing huggingface_hub."
+        raise HubError(501, message)
 
     def route_commit(self, repo_type: str, namespace: str, name: str, rev: str) -> None:
         lines = [line for line in self._read_body().splitlines() if line.strip()]
@@ -1009,14 +1068,16 @@ class HubHandler(BaseHTTPRequestHandler):
                 parent = repo[ref[0]][ref[1]]
             expected_parent = header.get("parentCommit")
             if expected_parent and not parent.startswith(expected_parent):
-                raise HubError(412, f"A commit has happened since {expected_parent}: the head of {rev} is now {parent}. Refresh and try again.")
+                message = f"The head of {rev} is {parent}, not the parent commit {expected_parent}. Pull and retry."
+                raise HubError(412, message)
             files = self._apply_operations(dict(repo["commits"][parent]["files"]), items)
             if "README.md" in files and files["README.md"] != repo["commits"][parent]["files"].get("README.md"):
                 try:
                     parse_card_metadata(store.object_path(files["README.md"]["sha256"]).read_text(encoding="utf-8"))
                 except (ValueError, UnicodeDecodeError) as error:
                     raise HubError(400, f"Invalid metadata in README.md: {error}") from error
-            sha = store.add_commit(repo, ref, parent, files, header["summary"], header.get("description") or "", self.account.user)
+            description = header.get("description") or ""
+            sha = store.add_commit(repo, ref, parent, files, header["summary"], description, self.account.user)
         logger.info("Committed %s to %s %s at %s", sha, repo["type"], repo["id"], "/".join(ref))
         response = {"commitUrl": f"{self._repo_url(repo)}/commit/{sha}", "commitOid": sha}
         if ref[0] == "pulls":
@@ -1029,16 +1090,22 @@ class HubHandler(BaseHTTPRequestHandler):
         for item in items:
             key, value = item.get("key"), item.get("value") or {}
             path = str(value.get("path", "")).strip("/")
+            if key != "header" and not path:
+                raise HubError(400, f"Missing path in the commit operation {item!r}")
             if key == "file":
                 if value.get("encoding", "base64") != "base64":
                     raise HubError(400, f"Unsupported encoding {value.get('encoding')!r} for {path}, expected base64")
-                data = base64.b64decode(value.get("content", ""))
+                try:
+                    data = base64.b64decode(value.get("content", ""))
+                except ValueError as error:
+                    raise HubError(400, f"Invalid base64 content for {path}: {error}") from error
                 files[path] = file_entry(store.add_object(data), len(data), False, data)
             elif key == "lfsFile":
                 sha256 = value.get("oid", "")
                 size = value.get("size")
                 if not store.has_object(sha256, size):
-                    raise HubError(400, f"LFS object {sha256} for {path} was not uploaded; upload it through the LFS batch endpoint first")
+                    message = f"LFS object {sha256} for {path} was not uploaded. Upload it through LFS first."
+                    raise HubError(400, message)
                 files[path] = file_entry(sha256, store.object_path(sha256).stat().st_size, True)
             elif key == "deletedFile":
                 if files.pop(path, None) is None:
@@ -1060,15 +1127,16 @@ class HubHandler(BaseHTTPRequestHandler):
         payload = self._json_body()
         try:
             fault = {
-                "method": payload.get("method"),
+                "method": payload["method"].upper() if payload.get("method") else None,
                 "pattern": re.compile(payload["path_regex"]),
                 "status": int(payload.get("status", 503)),
                 "count": int(payload.get("count", 1)),
                 "headers": {str(key): str(value) for key, value in (payload.get("headers") or {}).items()},
                 "reset": bool(payload.get("reset", False)),
             }
-        except (KeyError, TypeError, ValueError, re.error) as error:
-            raise HubError(400, f"Invalid fault {payload!r}: {error!r}; path_regex is required") from error
+        except (AttributeError, KeyError, TypeError, ValueError, re.error) as error:
+            hint = "Send path_regex, and optionally method, status, count, headers and reset."
+            raise HubError(400, f"Invalid fault {payload!r}: {error!r}. {hint}") from error
         if fault["count"] < 1 or not (fault["reset"] or 100 <= fault["status"] <= 599):
             raise HubError(400, f"Invalid fault {payload!r}: count must be at least 1 and status within 100-599")
         with self.server.control_lock:
@@ -1099,22 +1167,33 @@ def load_tokens(path: str | None) -> dict:
     tokens = json.loads(Path(path).read_text())
     for token, spec in tokens.items():
         if not isinstance(spec, dict) or not isinstance(spec.get("user"), str):
-            raise SystemExit(f"Invalid entry for token {token[:6]}... in {path}: expected an object with a 'user' string")
+            raise SystemExit(f"Invalid entry for token {token[:6]}... in {path}. Expected an object with a 'user'.")
     return tokens
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # lets SIGTERM stop serve_forever() through the same path as Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, type=Path, help="folder that stores repos and file contents")
-    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1; 0 picks a free one")
-    parser.add_argument("--tokens", help="JSON file mapping tokens to {user, write, orgs}; defaults to the test tokens")
-    parser.add_argument("--regular-only", action="store_true", help="answer every preupload with uploadMode 'regular', so no LFS or Xet transfer happens")
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1, or 0 for a free one")
+    parser.add_argument(
+        "--tokens", help="JSON file that maps each token to {user, write, orgs}, by default the test tokens"
+    )
+    parser.add_argument(
+        "--regular-only",
+        action="store_true",
+        help="return uploadMode 'regular' for every preupload file, so no LFS or Xet transfer happens",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level of the stderr log")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     server = HubServer(("127.0.0.1", args.port), Store(args.root), load_tokens(args.tokens), args.regular_only)
     logger.info("Hub stand-in serving %s from %s", server.base_url, args.root)
     print(f"READY {server.base_url}", flush=True)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -120,17 +121,34 @@ class HubControl:
 
     def _request(self, method: str, path: str, payload: dict | None = None):
         data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method, headers={"Content-Type": "application/json"})
-        with self._opener.open(request, timeout=10) as response:
-            return json.loads(response.read() or b"null")
+        headers = {"Content-Type": "application/json"}
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method, headers=headers)
+        try:
+            with self._opener.open(request, timeout=10) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace")
+            raise RuntimeError(f"{method} {path} on the Hub stand-in failed with {error.code}: {detail}") from error
 
-    def add_fault(self, path_regex: str, status: int = 503, *, method: str | None = None, count: int = 1, headers: dict | None = None, reset: bool = False) -> None:
+    def add_fault(
+        self,
+        path_regex: str,
+        status: int = 503,
+        *,
+        method: str | None = None,
+        count: int = 1,
+        headers: dict | None = None,
+        reset: bool = False,
+    ) -> None:
         """Make the next ``count`` requests whose path matches ``path_regex`` fail.
 
         They get ``status`` with ``headers``, or with ``reset=True`` the connection is dropped
         without a response. ``method`` None matches every method.
         """
-        fault = {"method": method, "path_regex": path_regex, "status": status, "count": count, "headers": headers or {}, "reset": reset}
+        fault = {
+            "method": method, "path_regex": path_regex, "status": status,
+            "count": count, "headers": headers or {}, "reset": reset,
+        }
         self._request("POST", "/__stub__/faults", fault)
 
     def clear_faults(self) -> None:
@@ -146,7 +164,7 @@ class HubControl:
 
 def _is_local_host(host) -> bool:
     if host is None:
-        return True  # getaddrinfo(None, port) asks for a local wildcard address
+        return True  # getaddrinfo(None, port) requests a local wildcard address
     if isinstance(host, bytes):
         host = host.decode(errors="replace")
     host = str(host).strip("[]").split("%")[0]
@@ -162,35 +180,37 @@ def _is_local_host(host) -> bool:
 
 
 class SocketGuard:
-    """Refuse and record every name lookup and connection outside 127.0.0.0/8 and ::1.
+    """Reject and record every name lookup and connection outside 127.0.0.0/8 and ::1.
 
-    ``attempts`` lists the refused ``host:port`` strings. The checks run before the original
-    functions, so a refused host is never contacted.
+    ``attempts`` lists the rejected ``host:port`` strings. The checks run before the original
+    functions, so a rejected host is never contacted.
     """
 
-    def __init__(self, getaddrinfo=socket.getaddrinfo, connect=socket.socket.connect, connect_ex=socket.socket.connect_ex):
+    def __init__(
+        self, getaddrinfo=socket.getaddrinfo, connect=socket.socket.connect, connect_ex=socket.socket.connect_ex
+    ):
         self.attempts: list[str] = []
         self._getaddrinfo = getaddrinfo
         self._connect = connect
         self._connect_ex = connect_ex
 
-    def _refuse(self, host, port) -> None:
+    def _reject(self, host, port) -> None:
         self.attempts.append(f"{host}:{port}")
         raise OSError(f"Network access to {host}:{port} is blocked in tests; only 127.0.0.1 and ::1 are allowed")
 
     def getaddrinfo(self, host, port, *args, **kwargs):
         if not _is_local_host(host):
-            self._refuse(host, port)
+            self._reject(host, port)
         return self._getaddrinfo(host, port, *args, **kwargs)
 
     def connect(self, sock: socket.socket, address):
         if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_local_host(address[0]):
-            self._refuse(address[0], address[1])
+            self._reject(address[0], address[1])
         return self._connect(sock, address)
 
     def connect_ex(self, sock: socket.socket, address):
         if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_local_host(address[0]):
-            self._refuse(address[0], address[1])
+            self._reject(address[0], address[1])
         return self._connect_ex(sock, address)
 
 
@@ -198,7 +218,7 @@ _installed_guard: SocketGuard | None = None
 
 
 def install_socket_guard() -> list[str]:
-    """Install a SocketGuard into the socket module once, and return its list of refused attempts."""
+    """Install a SocketGuard into the socket module once, and return its list of rejected attempts."""
     global _installed_guard
     if _installed_guard is None:
         guard = SocketGuard()
