@@ -49,7 +49,7 @@ except ImportError:
 logger = logging.getLogger("hub_server")
 
 LFS_SUFFIXES = (".safetensors", ".parquet", ".bin", ".gguf", ".pt")
-LFS_MIN_SIZE = 10_000_000  # bytes: larger files go through LFS whatever their suffix
+LFS_MIN_SIZE = 10_000_000  # in bytes. Larger files go through LFS whatever their suffix.
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space", "kernels": "kernel"}
 URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/", "kernel": "kernels/"}
 SPACE_SDKS = ("gradio", "streamlit", "docker", "static")
@@ -232,7 +232,7 @@ def list_tree(files: dict, directory: str, recursive: bool) -> list[dict] | None
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """Return the inclusive byte range of a single-range ``Range`` header, None to send the whole file.
 
-    Raises HubError 416 when the range starts past the end of the file or asks for 0 bytes.
+    Raises HubError 416 when the range starts past the end of the file or requests 0 bytes.
     """
     match = re.fullmatch(r"bytes=(\d*)-(\d*)", (header or "").strip())
     # RFC 9110 lets a server ignore a Range header with several or malformed ranges.
@@ -429,7 +429,7 @@ ROUTES = [
     ("PUT", API_REPO + r"/settings", "settings", False),
     ("POST", FILE_REPO + r"\.git/info/lfs/objects/batch", "lfs_batch", False),
     ("POST", FILE_REPO + r"\.git/info/lfs/objects/verify", "lfs_verify", False),
-    # The LFS PUT carries no Authorization header: the capability in its query authorizes it.
+    # The LFS PUT carries no Authorization header, so the capability in its query authorizes it.
     ("PUT", r"/__lfs/upload/(?P<sha256>[0-9a-f]{64})", "lfs_upload", True),
     ("HEAD", FILE_REPO + r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve", False),
     ("GET", FILE_REPO + r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve", False),
@@ -899,30 +899,37 @@ class HubHandler(BaseHTTPRequestHandler):
         if entry is None:
             # X-Repo-Commit on the 404 lets the client cache the miss under .no_exist/<sha>.
             raise HubError(404, f"Entry not found: {path} at {sha}", "EntryNotFound", {"X-Repo-Commit": sha})
-        size = entry["size"]
-        # ETag is the name of the blob in the client's cache: sha256 for LFS files and the git
-        # blob sha1 otherwise, as on the Hub. Content-Length must be the real size on HEAD too,
-        # or hf_hub_download caches an empty file.
+
+        # The ETag becomes the blob's file name in the client's cache: sha256 for LFS files and
+        # the git blob sha1 otherwise, as on the Hub.
         etag = entry["sha256"] if entry["lfs"] else entry["oid"]
         headers = {"ETag": f'"{etag}"', "X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
+        size = entry["size"]
         byte_range = parse_range(self.headers.get("Range"), size) if self.command == "GET" else None
-        start, end = byte_range or (0, size - 1)
-        self.send_response(206 if byte_range else 200)
         if byte_range:
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        headers.update({"Content-Type": "application/octet-stream", "Content-Length": str(end - start + 1)})
+            headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{size}"
+        self._send_file(entry["sha256"], byte_range or (0, size - 1), 206 if byte_range else 200, headers)
+
+    def _send_file(self, sha256: str, byte_range: tuple[int, int], status: int, headers: dict) -> None:
+        """Send the inclusive ``byte_range`` of a stored file, or only the headers for HEAD."""
+        start, end = byte_range
+        self.send_response(status)
+        # Content-Length is the real size on HEAD too, because hf_hub_download takes the file size
+        # from it and caches an empty file when it reads 0.
+        headers = {**headers, "Content-Type": "application/octet-stream", "Content-Length": str(end - start + 1)}
         for header, value in headers.items():
             self.send_header(header, value)
         self.end_headers()
-        self.status = 206 if byte_range else 200
-        if self.command == "GET":
-            with open(self.server.store.object_path(entry["sha256"]), "rb") as source:
-                source.seek(start)
-                remaining = end - start + 1
-                while remaining > 0:
-                    chunk = source.read(min(remaining, CHUNK_SIZE))
-                    self.wfile.write(chunk)
-                    remaining -= len(chunk)
+        self.status = status
+        if self.command == "HEAD":
+            return
+        with open(self.server.store.object_path(sha256), "rb") as source:
+            source.seek(start)
+            remaining = end - start + 1
+            while remaining > 0:
+                chunk = source.read(min(remaining, CHUNK_SIZE))
+                self.wfile.write(chunk)
+                remaining -= len(chunk)
 
     # ----- branches and tags -----
 
@@ -1013,7 +1020,7 @@ class HubHandler(BaseHTTPRequestHandler):
                 error = {"code": 422, "message": message}
                 objects.append({"oid": str(sha256), "size": size if isinstance(size, int) else 0, "error": error})
             elif self.server.store.has_object(sha256, size):
-                objects.append({"oid": sha256, "size": size})  # no "actions": the client skips the upload
+                objects.append({"oid": sha256, "size": size})  # without "actions", the client skips the upload
             else:
                 capability = secrets.token_hex(16)
                 with self.server.control_lock:

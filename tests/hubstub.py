@@ -82,7 +82,7 @@ def start_hub(root: Path, log_path: Path | None = None) -> HubProcess:
         process.kill()
         process.wait()
         log_tail = log_path.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"The Hub stand-in did not start (stdout {line!r}); end of {log_path}:\n{log_tail}")
+        raise RuntimeError(f"The Hub stand-in did not start. Its stdout was {line!r}. End of {log_path}:\n{log_tail}")
     return HubProcess(process, line.split(" ", 1)[1], root, log_path)
 
 

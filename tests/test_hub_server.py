@@ -100,7 +100,7 @@ def test_snapshot_download_gets_every_file(hub_api, tmp_path):
     assert (snapshot / ".gitattributes").is_file()
 
 
-def test_head_reports_true_size_and_range_reads(hub_api, hub_url):
+def test_resolve_head_size_and_ranges(hub_api, hub_url):
     repo_id = new_repo_id("range")
     hub_api.create_repo(repo_id)
     data = bytes(range(256)) * 8
@@ -313,7 +313,7 @@ def test_invalid_readme_front_matter_rejected(hub_api):
     assert hub_api.model_info(repo_id).card_data.license == "mit"
 
 
-def test_validate_yaml_always_answers_json(hub_url):
+def test_validate_yaml_returns_json_errors(hub_url):
     url = f"{hub_url}/api/validate-yaml"
     ok = httpx.post(url, json={"content": "# no front matter\n", "repoType": "model"})
     assert ok.status_code == 200
