@@ -1,0 +1,227 @@
+"""The ``repair`` command line: one command for the whole job, one per stage.
+
+Results go to stdout; logs and progress bars go to stderr. Errors end with a one-line
+message and a non-zero exit code; set REPAIR_DEBUG=1 to see the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from repair.config import METHODS, SUPPORTED_BITS, PublishConfig, RunConfig
+from repair.errors import RepairError
+
+log = logging.getLogger("repair")
+
+
+def _run_options(command):
+    """Add the options that define a run to a Click command."""
+    options = [
+        click.argument("model"),
+        click.option("--bits", type=int, required=True,
+                     help=f"Weight bit-width of the quantized model: {', '.join(map(str, SUPPORTED_BITS))}."),
+        click.option("--method", type=click.Choice(METHODS), default="gptq", show_default=True,
+                     help="Quantization method."),
+        click.option("--group-size", type=int, default=None,
+                     help="Quantization group size; by default the largest of 128, 64, 32, 16 that divides every layer."),
+        click.option("--dataset", default="openai/gsm8k", show_default=True,
+                     help="Hub dataset id, or a local .jsonl/.json/.parquet file or a folder with train and test files."),
+        click.option("--dataset-config", default=None, help="Hub dataset configuration, for example 'main' for openai/gsm8k."),
+        click.option("--calibration-samples", type=int, default=64, show_default=True, help="GPTQ calibration problems."),
+        click.option("--train-problems", type=int, default=RunConfig.train_problems, show_default=True,
+                     help="Training-split problems scored to locate failures."),
+        click.option("--test-problems", type=int, default=RunConfig.test_problems, show_default=True,
+                     help="Held-out test-split problems used for verification."),
+        click.option("--budget", type=int, default=332, show_default=True, help="Maximum Silver Bullet records."),
+        click.option("--epochs", type=float, default=RunConfig.epochs, show_default=True, help="Training passes over the records."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
+        click.option("--run-dir", type=click.Path(path_type=Path), default=None,
+                     help="Run folder; by default repair-runs/<model>-<method>-w<bits>-<hash>. Rerunning resumes it."),
+        click.option("--token", default=None, help="Hub token; by default HF_TOKEN or the saved login. Never written anywhere."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _build_run(kwargs: dict):
+    from repair.pipeline import Run
+    from repair.progress import TqdmProgress
+
+    token = kwargs.pop("token")
+    run_dir = kwargs.pop("run_dir")
+    config = RunConfig(
+        model=kwargs.pop("model"), bits=kwargs.pop("bits"), method=kwargs.pop("method"),
+        group_size=kwargs.pop("group_size"), dataset=kwargs.pop("dataset"), dataset_config=kwargs.pop("dataset_config"),
+        calibration_samples=kwargs.pop("calibration_samples"), train_problems=kwargs.pop("train_problems"),
+        test_problems=kwargs.pop("test_problems"), budget=kwargs.pop("budget"), epochs=kwargs.pop("epochs"),
+        seed=kwargs.pop("seed"),
+    )
+    run = Run(config, run_dir, token=token, progress=TqdmProgress(disable=bool(os.environ.get("REPAIR_NO_PROGRESS"))))
+    log.info("Run folder: %s", run.root)
+    return run, token
+
+
+def _handle_errors(command):
+    """Turn a ``RepairError`` into a one-line message and its exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except RepairError as error:
+            if os.environ.get("REPAIR_DEBUG"):
+                raise
+            click.echo(f"Error: {error.message}", err=True)
+            sys.exit(error.exit_code)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="repair")
+@click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
+def cli(verbose: bool) -> None:
+    """Repair the math reasoning of a quantized language model and publish the fix.
+
+    \b
+    Example: the whole job on the built-in model, written to disk instead of the Hub:
+        repair push smollm2-135m --bits 3 --dataset ./gsm8k --output out --no-push
+    """
+    _configure_logging(verbose)
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
+    if not verbose:
+        import warnings
+
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        warnings.filterwarnings("ignore")
+        for noisy in ("httpx", "urllib3", "datasets", "huggingface_hub"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@cli.command()
+@_run_options
+@click.option("--namespace", default=None, help="Hub user or organisation to publish under; by default the token's user.")
+@click.option("--name", "name_prefix", default=None, help="Repo name stem; by default <model>-<method>-w<bits>.")
+@click.option("--private", is_flag=True, help="Create the repos as private.")
+@click.option("--output", type=click.Path(path_type=Path), default=None, help="Also write the three repo folders here.")
+@click.option("--push/--no-push", default=True, show_default=True, help="Upload to the Hub.")
+@_handle_errors
+def push(namespace, name_prefix, private, output, push, **kwargs):
+    """Run every stage and publish the quantized model, the Silver Bullet dataset and the adapter.
+
+    \b
+    Examples:
+        repair push smollm2-135m --bits 3 --dataset openai/gsm8k --dataset-config main
+        repair push smollm2-135m --bits 3 --dataset ./gsm8k --output out --no-push
+    """
+    from repair.publish import publish
+
+    # Check publishing options before hours of work
+    publish_config = PublishConfig(namespace=namespace, private=private, push=push, output=output,
+                                   token=kwargs["token"], name_prefix=name_prefix)
+    run, _ = _build_run(kwargs)
+    run.run("verify")
+    result = publish(run, publish_config, command=_command_line())
+    _print_summary(run, result)
+
+
+def _command_line() -> str:
+    """Return the command as typed, without the token."""
+    args = list(sys.argv[1:])
+    for index, arg in enumerate(args):
+        if arg == "--token" and index + 1 < len(args):
+            args[index + 1] = "***"
+        elif arg.startswith("--token="):
+            args[index] = "--token=***"
+    return "repair " + shlex.join(args)
+
+
+def _stage_command(until: str, help_text: str):
+    @cli.command(name={"locate": "diagnose", "restore": "train", "verify": "verify"}[until],
+                 help=help_text)
+    @_run_options
+    @_handle_errors
+    def command(**kwargs):
+        run, _ = _build_run(kwargs)
+        run.run(until)  # type: ignore[arg-type]
+        _print_summary(run, None)
+
+    return command
+
+
+_stage_command("locate", "Quantize, score both models by teacher forcing, and locate each problem's first faulty step.")
+_stage_command("restore", "Run every stage up to training the LoRA adapter on the Silver Bullet records.")
+_stage_command("verify", "Run every stage up to the held-out comparison of full-precision, quantized and repaired models.")
+
+
+@cli.command()
+@_run_options
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="Folder that receives the checkpoint.")
+@_handle_errors
+def quantize(output, **kwargs):
+    """Quantize a model with llm-compressor and write the compressed-tensors checkpoint to OUTPUT.
+
+    \b
+    Example:
+        repair quantize smollm2-135m --method gptq --bits 4 --dataset ./gsm8k --output q4
+    """
+    run, _ = _build_run(kwargs)
+    run.run("quantize")
+    if output.exists():
+        shutil.rmtree(output)
+    shutil.copytree(run.quantized_dir, output)
+    summary = run.stage_summary("quantize")
+    click.echo(f"Wrote {summary['method']} W{summary['bits']} (group size {summary['group_size']}) to {output}")
+
+
+def _print_summary(run, result: dict | None) -> None:
+    """Print one table of the run's figures and stage times on stdout."""
+    stages = run.manifest["stages"]
+    lines = []
+    if "verify" in stages:
+        models = stages["verify"]["summary"]["models"]
+        lines.append(f"{'model':<16}{'held-out NLL':>14}{'top-1 agreement':>18}")
+        for name in ("reference", "quantized", "repaired"):
+            lines.append(f"{name:<16}{models[name]['nll']:>14.4f}{models[name]['top1_agreement']:>18.4f}")
+        gap = stages["verify"]["summary"]["gap_closed"]
+        lines.append(f"gap closed: {gap:.1%}" if gap is not None else "gap closed: n/a (quantized model is not worse)")
+    elif "measure" in stages:
+        measured = stages["measure"]["summary"]
+        lines.append(f"{'model':<16}{'NLL (train)':>14}{'top-1 agreement':>18}")
+        for name in ("reference", "quantized"):
+            figures = measured[f"{name}_train"]
+            lines.append(f"{name:<16}{figures['nll']:>14.4f}{figures['top1_agreement']:>18.4f}")
+    if "locate" in stages:
+        located = stages["locate"]["summary"]
+        lines.append(f"problems with a frontier: {located['problems_with_frontier']} of {located['problems_scored']}; "
+                     f"frontier steps: {located['frontier_histogram']}")
+    lines.append("stage seconds: " + ", ".join(f"{name} {entry['seconds']}" for name, entry in stages.items()))
+    lines.append(f"run folder: {run.root}")
+    if result is not None:
+        for kind, repo_id in result["repos"].items():
+            where = result.get("urls", {}).get(kind) or result.get("folders", {}).get(kind)
+            lines.append(f"{kind}: {repo_id} -> {where}")
+    click.echo("\n".join(lines))
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Jinja templates for the cards and Space files that repair publishes."""

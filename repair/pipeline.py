@@ -1,0 +1,322 @@
+"""Run the stages in a run folder, resuming where an earlier run stopped.
+
+Every stage writes its outputs into a temporary folder that is renamed into place, then
+records itself in ``manifest.json``. A killed run therefore leaves either a finished stage
+or none, and a rerun with the same configuration recomputes nothing that finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from repair.config import STAGES, RunConfig, Stage
+from repair.errors import RunFolderError
+from repair.progress import ProgressCallback
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    return Path("repair-runs") / f"{config.slug()}-{config.fingerprint()}"
+
+
+class Run:
+    """A run folder bound to one configuration."""
+
+    def __init__(self, config: RunConfig, root: Path | None = None, token: str | None = None,
+                 progress: ProgressCallback | None = None):
+        self.config = config
+        self.root = Path(root) if root is not None else default_run_dir(config)
+        self.token = token  # used for Hub downloads only; never written to the run folder
+        self.progress = progress
+        self._open()
+
+    # Paths of the artifacts
+    @property
+    def reference_dir(self) -> Path:
+        return self.root / "reference"
+
+    @property
+    def quantized_dir(self) -> Path:
+        return self.root / "quantized"
+
+    @property
+    def measure_dir(self) -> Path:
+        return self.root / "measure"
+
+    @property
+    def silver_dir(self) -> Path:
+        return self.root / "silver"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.root / "adapter"
+
+    # Manifest
+    def _open(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunFolderError(f"cannot create run folder {self.root}: {error.strerror}",
+                                 "Pass --run-dir with a writable folder") from error
+        config_file = self.root / "config.json"
+        wanted = self.config.to_dict()
+        if config_file.is_file():
+            existing = json.loads(config_file.read_text())
+            if existing != wanted:
+                changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
+                raise RunFolderError(
+                    f"run folder {self.root} was made with other settings ({', '.join(changed)} differ)",
+                    "Rerun with the same settings, or pass a new --run-dir",
+                )
+        else:
+            self._write_json(config_file, wanted)
+        if not (self.root / MANIFEST).is_file():
+            self._write_json(self.root / MANIFEST, {"fingerprint": self.config.fingerprint(), "stages": {}})
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.root / MANIFEST).read_text())
+
+    def is_done(self, stage: Stage) -> bool:
+        return stage in self.manifest["stages"]
+
+    def stage_summary(self, stage: Stage) -> dict:
+        return self.manifest["stages"][stage]["summary"]
+
+    def _write_json(self, path: Path, data: dict) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(data, indent=2, default=str))
+            os.replace(tmp, path)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise RunFolderError(f"cannot write {path}: {error.strerror}",
+                                 "Free disk space or pass --run-dir on another disk, then rerun to resume") from error
+
+    def _finish(self, stage: Stage, summary: dict, seconds: float) -> None:
+        manifest = self.manifest
+        manifest["stages"][stage] = {"seconds": round(seconds, 1), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                     "summary": summary}
+        self._write_json(self.root / MANIFEST, manifest)
+
+    def _staging(self, name: str) -> Path:
+        """Return an empty temporary folder whose contents ``_commit`` moves into the run folder."""
+        tmp = self.root / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def _commit(self, tmp: Path, into: Path | None = None) -> None:
+        """Move everything in ``tmp`` into the run folder, merging folders that already exist."""
+        into = self.root if into is None else into
+        for item in tmp.iterdir():
+            target = into / item.name
+            if item.is_dir() and target.is_dir():
+                self._commit(item, target)
+                continue
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        tmp.rmdir()
+
+    # Stages
+    def run(self, until: Stage = "verify") -> dict:
+        """Run every unfinished stage up to and including ``until``; return the manifest's stage summaries."""
+        functions: dict[str, Callable[[Run, Path], dict]] = {
+            "prepare": _prepare, "quantize": _quantize, "measure": _measure,
+            "locate": _locate, "silver": _silver, "restore": _restore, "verify": _verify,
+        }
+        for stage in STAGES[:STAGES.index(until) + 1]:
+            if self.is_done(stage):
+                log.info("Stage %s already finished in %s, skipping", stage, self.root)
+                continue
+            log.info("Stage %s: starting", stage)
+            start = time.perf_counter()
+            tmp = self._staging(stage)
+            try:
+                summary = functions[stage](self, tmp)
+                self._commit(tmp)
+            except OSError as error:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if error.errno == 28:  # ENOSPC
+                    raise RunFolderError(f"the disk of {self.root} is full during stage {stage}",
+                                         "Free disk space, then rerun the same command to resume") from error
+                raise
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            seconds = time.perf_counter() - start
+            self._finish(stage, summary, seconds)
+            log.info("Stage %s: finished in %.1f s", stage, seconds)
+        return {name: entry["summary"] for name, entry in self.manifest["stages"].items()}
+
+    def stage_seconds(self) -> dict[str, float]:
+        return {name: entry["seconds"] for name, entry in self.manifest["stages"].items()}
+
+
+# Each stage function reads finished artifacts from the run folder, writes its own outputs
+# into ``tmp`` (named as they will be in the run folder) and returns a summary for the manifest.
+
+def _save_problems(problems, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(asdict(p)) + "\n" for p in problems))
+
+
+def load_problems(run: Run, split: str):
+    from repair.steps import Problem
+
+    lines = (run.root / "problems" / f"{split}.jsonl").read_text().splitlines()
+    return [Problem(**{**json.loads(line), "steps": tuple(json.loads(line)["steps"])}) for line in lines]
+
+
+def _prepare(run: Run, tmp: Path) -> dict:
+    from repair.data import load_split
+    from repair.sources import load_reference, resolve_model, save_reference
+
+    config = run.config
+
+    # Data first: a bad dataset fails in seconds, before the model download.
+    test = load_split(config.dataset, "test", config.dataset_config, config.test_problems, run.token)
+    train = load_split(config.dataset, "train", config.dataset_config,
+                       config.train_problems + config.calibration_samples, run.token)
+    held_out = {p.id for p in test.problems}
+    pool = [p for p in train.problems if p.id not in held_out]
+    overlap = len(train.problems) - len(pool)
+    calibration, pool = pool[config.train_problems:], pool[:config.train_problems]
+    _save_problems(pool, tmp / "problems" / "train.jsonl")
+    _save_problems(calibration, tmp / "problems" / "calibration.jsonl")
+    _save_problems(test.problems, tmp / "problems" / "test.jsonl")
+
+    # The reference model, saved once as safetensors
+    source = resolve_model(config.model, run.token)
+    model, tokenizer = load_reference(source)
+    save_reference(model, tokenizer, tmp / "reference")
+    parameters = sum(p.numel() for p in model.parameters())
+    return {
+        "model": {"spec": source.spec, "kind": source.kind, "hub_id": source.hub_id, "license": source.license,
+                  "gguf_file": source.gguf_file, "parameters": parameters,
+                  "architecture": type(model).__name__},
+        "data": {"train": train.summary(), "test": test.summary(), "train_pool": len(pool),
+                 "calibration": len(calibration), "removed_overlapping_test": overlap},
+    }
+
+
+def _quantize(run: Run, tmp: Path) -> dict:
+    from repair.quantize import quantize
+
+    config = run.config
+    calibration = load_problems(run, "calibration") if config.method == "gptq" else []
+    result = quantize(run.reference_dir, tmp / "quantized", config.method, config.bits, config.group_size,
+                      calibration, config.calibration_length, run.progress)
+    size = sum(f.stat().st_size for f in (tmp / "quantized").glob("*.safetensors"))
+    return {**asdict(result), "checkpoint_bytes": size}
+
+
+def _measure(run: Run, tmp: Path) -> dict:
+    import gc
+
+    from repair.measure import save_scores, score_traces, summarize
+    from repair.quantize import load_quantized
+    from repair.sources import load_tokenizer
+
+    config = run.config
+    tokenizer = load_tokenizer(run.reference_dir)
+    splits = {"train": load_problems(run, "train"), "test": load_problems(run, "test")}
+    summary: dict = {}
+    for label, loader in (("reference", _load_reference_model), ("quantized", load_quantized)):
+        model = loader(run.reference_dir if label == "reference" else run.quantized_dir)
+        for split, problems in splits.items():
+            scores = score_traces(model, tokenizer, problems, config.eval_batch_size, run.progress,
+                                  desc=f"score {label} ({split})")
+            save_scores(scores, tmp / "measure" / f"{label}_{split}.parquet")
+            summary[f"{label}_{split}"] = summarize(scores)
+        del model
+        gc.collect()
+    return summary
+
+
+def _load_reference_model(folder: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def _locate(run: Run, tmp: Path) -> dict:
+    from repair.locate import generate_rejected, locate_frontiers, summarize_frontiers
+    from repair.measure import load_scores
+    from repair.quantize import load_quantized
+    from repair.sources import load_tokenizer
+
+    tokenizer = load_tokenizer(run.reference_dir)
+    problems = load_problems(run, "train")
+    fp = load_scores(run.measure_dir / "reference_train.parquet")
+    q = load_scores(run.measure_dir / "quantized_train.parquet")
+    frontiers = locate_frontiers(tokenizer, problems, fp, q)
+
+    # Only the frontiers that can enter the Silver Bullet set need the quantized model's own step.
+    frontiers.sort(key=lambda f: f.step_index)
+    generate_rejected(load_quantized(run.quantized_dir), tokenizer, {p.id: p for p in problems},
+                      frontiers[:run.config.budget], run.config.eval_batch_size, progress=run.progress)
+    (tmp / "frontiers.jsonl").write_text("".join(json.dumps(f.to_dict()) + "\n" for f in frontiers))
+
+    measure = run.stage_summary("measure")
+    diagnosis = {
+        **summarize_frontiers(len(problems), frontiers),
+        "reference": measure["reference_train"],
+        "quantized": measure["quantized_train"],
+        "examples": [f.to_dict() for f in frontiers[:10]],
+    }
+    (tmp / "diagnosis.json").write_text(json.dumps(diagnosis, indent=2))
+    return {k: v for k, v in diagnosis.items() if k != "examples"}
+
+
+def _silver(run: Run, tmp: Path) -> dict:
+    from repair.locate import Frontier
+    from repair.silver import build_records, save_records
+    from repair.sources import load_tokenizer
+
+    tokenizer = load_tokenizer(run.reference_dir)
+    frontiers = [Frontier(**json.loads(line)) for line in (run.root / "frontiers.jsonl").read_text().splitlines()]
+    records, summary = build_records(tokenizer, load_problems(run, "train"), frontiers, run.config.budget)
+    save_records(records, tmp / "silver", summary)
+    return summary
+
+
+def _restore(run: Run, tmp: Path) -> dict:
+    from repair.restore import TrainSettings, train_adapter
+    from repair.silver import load_records
+
+    config = run.config
+    settings = TrainSettings(lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+                             learning_rate=config.learning_rate, epochs=config.epochs,
+                             batch_size=config.batch_size, max_length=config.max_length, seed=config.seed)
+    return train_adapter(run.quantized_dir, load_records(run.silver_dir), tmp / "adapter", settings, run.progress)
+
+
+def _verify(run: Run, tmp: Path) -> dict:
+    from repair.measure import load_scores, save_scores, score_traces
+    from repair.restore import load_repaired
+    from repair.sources import load_tokenizer
+    from repair.verify import compare
+
+    tokenizer = load_tokenizer(run.reference_dir)
+    problems = load_problems(run, "test")
+    repaired = load_repaired(run.quantized_dir, run.adapter_dir)
+    r = score_traces(repaired, tokenizer, problems, run.config.eval_batch_size, run.progress, desc="score repaired (test)")
+    save_scores(r, tmp / "measure" / "repaired_test.parquet")
+    result = compare(load_scores(run.measure_dir / "reference_test.parquet"),
+                     load_scores(run.measure_dir / "quantized_test.parquet"), r)
+    result["held_out_problems"] = [p.id for p in problems]
+    (tmp / "verify.json").write_text(json.dumps(result, indent=2))
+    return {k: v for k, v in result.items() if k != "held_out_problems"}

