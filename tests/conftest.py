@@ -11,13 +11,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from hubstub import HubControl, hub_env, install_socket_guard, start_hub  # noqa: E402
 
+pytest_plugins = ["model_fixtures"]
+
 _already_imported = [name for name in ("huggingface_hub", "datasets", "transformers") if name in sys.modules]
 if _already_imported:
-    raise RuntimeError(f"{', '.join(_already_imported)} was imported before tests/conftest.py could set HF_ENDPOINT")
+    raise RuntimeError(f"{', '.join(_already_imported)} was imported before tests/conftest.py could set HF_ENDPOINT. Import it inside tests or fixtures.")
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="repair-tests-"))
 HUB = start_hub(_SESSION_DIR / "hub")
@@ -29,7 +33,6 @@ os.environ.update(_environment)
 NETWORK_ATTEMPTS = install_socket_guard()
 
 import datasets  # noqa: E402
-import pytest  # noqa: E402
 from huggingface_hub import HfApi  # noqa: E402
 
 # Without this, load_dataset() requests exported parquet files from the datasets-server host

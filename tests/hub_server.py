@@ -448,12 +448,13 @@ class HubHandler(BaseHTTPRequestHandler):
     # Headers and body go out in separate writes. With Nagle's algorithm on, the client's delayed
     # ACK then adds about 40 ms to every response (measured on Linux).
     disable_nagle_algorithm = True
+    logged = True  # whether the current request is in the request log; errors before _handle are not
     server: HubServer
 
     # ----- dispatch -----
 
     def _handle(self) -> None:
-        self.status = None
+        self.logged = False
         self.account: Account | None = None
         self.body_consumed = False
         url = urlsplit(self.path)
@@ -474,12 +475,23 @@ class HubHandler(BaseHTTPRequestHandler):
             self._send_error(HubError(500, f"Internal error in the Hub stand-in: {error!r}"))
         finally:
             self._drain_body()
-            with self.server.control_lock:
-                user = self.account.user if self.account else None
-                entry = {"method": self.command, "path": self.route_path, "status": self.status, "user": user}
-                self.server.request_log.append(entry)
+            if not self.logged:
+                self._log_to_request_log(None)  # the request ended without a response
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _handle
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # Log before the response goes out, because a client that has read the response may read
+        # the request log next, over another connection.
+        if not self.logged:
+            self._log_to_request_log(code)
+        super().send_response(code, message)
+
+    def _log_to_request_log(self, status: int | str | None) -> None:
+        self.logged = True
+        user = self.account.user if self.account else None
+        with self.server.control_lock:
+            self.server.request_log.append({"method": self.command, "path": self.route_path, "status": status, "user": user})
 
     def _match_route(self):
         path_matched = False
@@ -530,7 +542,7 @@ class HubHandler(BaseHTTPRequestHandler):
             # With SO_LINGER set to 0 seconds, close() resets the connection (TCP RST).
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
-            self.status = "reset"
+            self._log_to_request_log("reset")
             return True
         message = f"Injected fault: HTTP {fault['status']}"
         self._send_json({"error": message}, fault["status"], {"X-Error-Message": message, **fault["headers"]})
@@ -594,7 +606,6 @@ class HubHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self.status = status
 
     def _send_json(
         self, payload: Any, status: int = 200, headers: dict | None = None, content_type: str = "application/json"
@@ -613,7 +624,8 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def log_request(self, code="-", size="-") -> None:
         # The default access log prints the request line, whose query may contain an upload capability.
-        logger.info("%s %s %s", self.command, urlsplit(self.path).path, code)
+        path = urlsplit(self.path).path if hasattr(self, "path") else "-"  # no path on a malformed request line
+        logger.info("%s %s %s", self.command, path, code)
 
     def log_message(self, format: str, *args) -> None:
         logger.warning("%s - %s", self.address_string(), format % args)
@@ -920,7 +932,6 @@ class HubHandler(BaseHTTPRequestHandler):
         for header, value in headers.items():
             self.send_header(header, value)
         self.end_headers()
-        self.status = status
         if self.command == "HEAD":
             return
         with open(self.server.store.object_path(sha256), "rb") as source:
