@@ -21,7 +21,8 @@ pytest_plugins = ["model_fixtures"]
 
 _already_imported = [name for name in ("huggingface_hub", "datasets", "transformers") if name in sys.modules]
 if _already_imported:
-    raise RuntimeError(f"{', '.join(_already_imported)} was imported before tests/conftest.py could set HF_ENDPOINT. Import it inside tests or fixtures.")
+    names = ", ".join(_already_imported)
+    raise RuntimeError(f"{names} was imported before tests/conftest.py set HF_ENDPOINT. Import it inside tests or fixtures.")
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="repair-tests-"))
 HUB = start_hub(_SESSION_DIR / "hub")

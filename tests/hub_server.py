@@ -491,7 +491,8 @@ class HubHandler(BaseHTTPRequestHandler):
         self.logged = True
         user = self.account.user if self.account else None
         with self.server.control_lock:
-            self.server.request_log.append({"method": self.command, "path": self.route_path, "status": status, "user": user})
+            entry = {"method": self.command, "path": self.route_path, "status": status, "user": user}
+            self.server.request_log.append(entry)
 
     def _match_route(self):
         path_matched = False
@@ -876,7 +877,9 @@ class HubHandler(BaseHTTPRequestHandler):
             pulls = sorted(repo["pulls"].items(), key=lambda item: int(item[0]))
         # huggingface_hub indexes branches, converts and tags directly, so all three must be present.
         refs = {
-            "branches": [{"name": branch, "ref": f"refs/heads/{branch}", "targetCommit": sha} for branch, sha in branches],
+            "branches": [
+                {"name": branch, "ref": f"refs/heads/{branch}", "targetCommit": sha} for branch, sha in branches
+            ],
             "converts": [],
             "tags": [{"name": tag, "ref": f"refs/tags/{tag}", "targetCommit": sha} for tag, sha in tags],
         }
