@@ -41,7 +41,7 @@ class RunConfig:
     )
     dataset: str = field(default="openai/gsm8k", **_help("Hub dataset id, or a local .jsonl/.json/.parquet file or folder."))
     dataset_config: str | None = field(default=None, **_help("Hub dataset configuration name, for example 'main' for openai/gsm8k."))
-    # Calibration: 64 samples of 256 tokens keep GPTQ on a 135M model near 90 s on 2 CPU cores.
+    # GPTQ calibration cost grows with samples x length; 64 x 256 is llm-compressor's usual small setting.
     calibration_samples: int = field(default=64, **_help("Number of training-split problems used to calibrate GPTQ."))
     calibration_length: int = field(default=256, **_help("Maximum tokens per calibration sample."))
     # The pool that failures are located in; the Silver Bullet set is drawn from it.
@@ -96,7 +96,7 @@ class RunConfig:
 
 @dataclass
 class PublishConfig:
-    """Where and how the three repos of a run are published."""
+    """Destination and options for publishing the three repos of a run."""
 
     namespace: str | None = field(default=None, **_help("Hub user or organisation to publish under; defaults to the token's user."))
     private: bool = field(default=False, **_help("Create the repos as private."))

@@ -1,0 +1,114 @@
+"""Run folders, resuming, and the whole pipeline on the tiny model with publishing to the stand-in."""
+
+import json
+
+import pytest
+from huggingface_hub import metadata_load
+
+from model_fixtures import tiny_run_config
+from repair.config import PublishConfig
+from repair.errors import HubError, RunFolderError
+from repair.pipeline import Run
+from repair.publish import publish
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, small_gsm8k, tmp_path_factory):
+    run = Run(tiny_run_config(tiny_model_dir, small_gsm8k), tmp_path_factory.mktemp("runs") / "tiny")
+    run.run("verify")
+    return run
+
+
+def test_all_stages_recorded(finished_run):
+    stages = finished_run.manifest["stages"]
+    assert list(stages) == ["prepare", "quantize", "measure", "locate", "silver", "restore", "verify"]
+    assert stages["prepare"]["summary"]["data"]["train_pool"] == 12
+    assert stages["silver"]["summary"]["records"] == 8
+    verify = json.loads((finished_run.root / "verify.json").read_text())
+    assert verify["models"]["reference"]["problems"] == 6
+    assert len(verify["held_out_problems"]) == 6
+    assert not list(finished_run.root.glob(".tmp-*"))
+
+
+def test_held_out_never_in_silver(finished_run):
+    from repair.silver import load_records
+
+    held_out = set(json.loads((finished_run.root / "verify.json").read_text())["held_out_problems"])
+    assert not held_out & {r.problem_id for r in load_records(finished_run.silver_dir)}
+
+
+def test_rerun_recomputes_nothing(finished_run, monkeypatch):
+    import repair.pipeline as pipeline
+
+    def fail(*args):
+        raise AssertionError("a finished stage ran again")
+
+    for name in ("_prepare", "_quantize", "_measure", "_locate", "_silver", "_restore", "_verify"):
+        monkeypatch.setattr(pipeline, name, fail)
+    Run(finished_run.config, finished_run.root).run("verify")
+
+
+def test_other_settings_rejected(finished_run):
+    from dataclasses import replace
+
+    with pytest.raises(RunFolderError, match="other settings \\(bits differ\\)"):
+        Run(replace(finished_run.config, bits=8), finished_run.root)
+
+
+def test_failed_stage_leaves_no_partial_output(tiny_model_dir, small_gsm8k, tmp_path, monkeypatch):
+    import repair.pipeline as pipeline
+
+    def broken_quantize(run, tmp):
+        (tmp / "quantized").mkdir()
+        (tmp / "quantized" / "half.safetensors").write_bytes(b"x")
+        raise KeyboardInterrupt
+
+    run = Run(tiny_run_config(tiny_model_dir, small_gsm8k), tmp_path / "run")
+    monkeypatch.setattr(pipeline, "_quantize", broken_quantize)
+    with pytest.raises(KeyboardInterrupt):
+        run.run("quantize")
+    assert run.is_done("prepare") and not run.is_done("quantize")
+    assert not (run.root / "quantized").exists()
+    assert not list(run.root.glob(".tmp-*"))
+
+
+def test_publish_to_stand_in(finished_run, hub_api, tmp_path):
+    result = publish(finished_run, PublishConfig(namespace="testorg", name_prefix="tiny-repair", token="hf_test_write"),
+                     command="repair push tiny --bits 4")
+    assert result["repos"]["adapter"] == "testorg/tiny-repair-repair-lora"
+
+    from huggingface_hub import hf_hub_download
+
+    quantized = metadata_load(hf_hub_download("testorg/tiny-repair", "README.md", token="hf_test_write"))
+    adapter = metadata_load(hf_hub_download("testorg/tiny-repair-repair-lora", "README.md", token="hf_test_write"))
+    dataset = metadata_load(hf_hub_download("testorg/tiny-repair-silver-bullet", "README.md", repo_type="dataset",
+                                            token="hf_test_write"))
+    assert quantized["base_model"] == "testorg/tiny-llama"
+    assert quantized["base_model_relation"] == "quantized"
+    assert quantized["license"] == "apache-2.0"
+    assert adapter["base_model"] == "testorg/tiny-repair"
+    assert adapter["base_model_relation"] == "adapter"
+    assert "testorg/tiny-repair-silver-bullet" in adapter["datasets"]
+    assert dataset["configs"][0]["data_files"][0]["path"] == "data/train-00000-of-00001.parquet"
+    config = json.loads(open(hf_hub_download("testorg/tiny-repair-repair-lora", "adapter_config.json",
+                                             token="hf_test_write")).read())
+    assert config["base_model_name_or_path"] == "testorg/tiny-repair"
+
+    from datasets import load_dataset
+
+    rows = load_dataset("testorg/tiny-repair-silver-bullet", split="train", token="hf_test_write")
+    assert len(rows) == finished_run.stage_summary("silver")["records"]
+
+
+def test_read_only_token_publishes_nothing(finished_run, hub_api):
+    with pytest.raises(HubError, match="read-only"):
+        publish(finished_run, PublishConfig(namespace="testuser", name_prefix="never", token="hf_test_read"),
+                command="repair push")
+    assert not hub_api.repo_exists("testuser/never")
+
+
+def test_foreign_namespace_publishes_nothing(finished_run, hub_api):
+    with pytest.raises(HubError, match="cannot write to namespace otheruser"):
+        publish(finished_run, PublishConfig(namespace="otheruser", name_prefix="never", token="hf_test_write"),
+                command="repair push")
+    assert not hub_api.repo_exists("otheruser/never", token="hf_other_write")
