@@ -225,3 +225,60 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# The web app and its Space. NOTE: these commands are defined after the __main__ guard above, so
+# `python cli.py ui` does not see them; the installed `repair` script imports the whole module first.
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but a loopback address lets other machines run jobs here.")
+@click.option("--port", type=int, default=7860, show_default=True, help="Port to listen on.")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder that receives one run folder per job; by default repair-runs/ui.")
+def ui(host, port, work_dir):
+    """Start the web app, which runs the same job as `repair push` from a browser.
+
+    \b
+    Example:
+        repair ui --port 7860
+    Then open http://127.0.0.1:7860 and paste a Hub token with write access.
+    """
+    from ui.app import build_ui, launch_options, running_in_space
+
+    local = host in _LOOPBACK_HOSTS
+    if not local and not running_in_space():
+        log.warning("Binding to %s outside a Space: anyone who reaches this port can run jobs on this machine. "
+                    "Local model and dataset paths are turned off; bind to 127.0.0.1 unless you need this", host)
+    demo = build_ui(work_dir=work_dir, allow_local_paths=local and not running_in_space())
+    demo.launch(server_name=host, server_port=port, **launch_options())
+
+
+@cli.group()
+def space():
+    """Deploy the web app as a Hugging Face Space."""
+
+
+@space.command("deploy")
+@click.argument("name")
+@click.option("--namespace", default=None, help="User or organisation that owns the Space; by default the token's user.")
+@click.option("--private", is_flag=True, help="Create the Space as private.")
+@click.option("--token", default=None, help="Hub token with write access; by default HF_TOKEN or the saved login.")
+@click.option("--requirement", default=None,
+              help="requirements.txt line that installs repair on the Space, for example "
+                   "'repair @ git+https://github.com/OWNER/repair@v0.1.0'; by default repair==<this version>.")
+@_handle_errors
+def deploy(name, namespace, private, token, requirement):
+    """Create or update the Space NAME with the app, in one commit, and print its URL.
+
+    \b
+    Example:
+        repair space deploy repair-app --requirement "repair @ git+https://github.com/OWNER/repair@v0.1.0"
+    """
+    from huggingface_hub import get_token
+
+    from repair.space import deploy_space
+
+    click.echo(deploy_space(name, token or get_token(), namespace=namespace, private=private, requirement=requirement))
