@@ -259,6 +259,20 @@ def test_cancel_stops_job_at_next_progress(tmp_path, tiny_defaults, monkeypatch,
     assert app._job_lock.acquire(blocking=False)
 
 
+def test_frontier_chart_fills_missing_steps():
+    from ui.app import frontier_chart
+
+    chart = frontier_chart({"frontier_histogram": {"1": 3, "4": 1, "10": 2}})
+    assert list(chart["frontier step"]) == [str(step) for step in range(1, 11)]
+    assert list(chart["problems"]) == [3, 0, 0, 1, 0, 0, 0, 0, 0, 2]
+
+
+def test_frontier_chart_empty():
+    from ui.app import frontier_chart
+
+    assert frontier_chart({"frontier_histogram": {}}).empty
+
+
 def test_equivalent_command_has_no_token(tiny_defaults):
     from repair.config import PublishConfig, RunConfig
     from ui.app import equivalent_command

@@ -52,6 +52,10 @@ CLI_FLAGS = {"group_size": "--group-size", "calibration_samples": "--calibration
              "train_problems": "--train-problems", "test_problems": "--test-problems",
              "budget": "--budget", "epochs": "--epochs", "seed": "--seed"}
 
+# The x-axis order of the frontier chart, which sorts its string labels alphabetically otherwise.
+# Steps past the list's end follow it; GSM8K solutions have far fewer steps.
+FRONTIER_STEP_ORDER = [str(step) for step in range(1, 101)]
+
 CSS = "#status {min-height: 2em}"
 
 
@@ -148,9 +152,15 @@ def nll_chart(verified: dict) -> pd.DataFrame:
 
 
 def frontier_chart(located: dict) -> pd.DataFrame:
-    """Return the number of training problems per frontier step (1-based), in step order."""
-    histogram = sorted((int(step), count) for step, count in located["frontier_histogram"].items())
-    return pd.DataFrame(histogram, columns=["frontier step", "problems"])
+    """Return the number of training problems per frontier step, for every step from 1 to the last one.
+
+    Steps are strings so that the chart draws one bar per step; the chart's ``sort`` puts them
+    in numeric order.
+    """
+    counts = {int(step): count for step, count in located["frontier_histogram"].items()}
+    steps = range(1, max(counts, default=0) + 1)
+    return pd.DataFrame({"frontier step": [str(step) for step in steps],
+                         "problems": [counts.get(step, 0) for step in steps]})
 
 
 def examples_table(diagnosis: dict) -> pd.DataFrame:
@@ -435,12 +445,14 @@ def build_ui(run_defaults: dict | None = None, work_dir: Path | None = None, *, 
             if app.in_space:
                 gr.LoginButton()
             token_text = gr.Textbox(label="Hub token", type="password", visible=not app.in_space,
-                                    placeholder="hf_...", info="Needs write access to the namespace below.")
+                                    placeholder="hf_...", info="Needs write access to the namespace below.",
+                                    elem_id="hub-token")
         visitor = gr.Markdown(app.describe_visitor(None))
 
         # The form
         with gr.Row():
-            model = gr.Textbox(label="Model", value=app.default_model(), scale=2, info=app.model_help())
+            model = gr.Textbox(label="Model", value=app.default_model(), scale=2, info=app.model_help(),
+                               elem_id="model")
             search_query = gr.Textbox(label="Search the Hub", placeholder="SmolLM2", scale=1)
             search_button = gr.Button("Search", scale=0)
             found = gr.Dropdown(label="Search results", choices=[], scale=2, info="Pick one to fill the model field")
@@ -459,7 +471,8 @@ def build_ui(run_defaults: dict | None = None, work_dir: Path | None = None, *, 
                                         info="For example main for openai/gsm8k; ignored for local files")
         with gr.Row():
             namespace = gr.Textbox(label="Target namespace", placeholder="your user name",
-                                   info="User or organisation that receives the repos; empty means your account")
+                                   info="User or organisation that receives the repos; empty means your account",
+                                   elem_id="namespace")
             private = gr.Checkbox(label="Private repos", value=False)
         with gr.Row():
             run_button = gr.Button("Run", variant="primary")
@@ -471,9 +484,9 @@ def build_ui(run_defaults: dict | None = None, work_dir: Path | None = None, *, 
                              elem_id="results-table")
         with gr.Row():
             nll_plot = gr.BarPlot(x="model", y="held-out NLL", title="Held-out NLL per token (lower is better)",
-                                  label="Held-out NLL per model", elem_id="nll-plot")
+                                  label="Held-out NLL per model", y_lim=[0, None], elem_id="nll-plot")
             frontier_plot = gr.BarPlot(x="frontier step", y="problems", title="First faulty step of training problems",
-                                       label="Frontier steps", elem_id="frontier-plot")
+                                       label="Frontier steps", sort=FRONTIER_STEP_ORDER, elem_id="frontier-plot")
         examples = gr.Dataframe(label="Example failures", headers=EXAMPLE_COLUMNS, interactive=False, wrap=True,
                                 elem_id="examples-table")
         links = gr.Markdown(elem_id="links")
