@@ -317,3 +317,55 @@ def test_tiny_job_publishes_three_repos(app, tiny_model_dir, small_gsm8k, hub_ap
     for path in run_folder.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".jsonl", ".md", ".txt"):
             assert "hf_test_write" not in path.read_text(errors="replace"), path
+
+
+class _FakeDemo:
+    """Stands in for the Blocks that `repair ui` launches, and records the launch arguments."""
+
+    def __init__(self, **build_arguments):
+        self.build_arguments = build_arguments
+        self.launch_arguments = None
+
+    def launch(self, **arguments):
+        self.launch_arguments = arguments
+
+
+@pytest.fixture
+def fake_build_ui(monkeypatch):
+    import ui.app
+
+    built = []
+
+    def build_ui(**arguments):
+        built.append(_FakeDemo(**arguments))
+        return built[-1]
+
+    monkeypatch.setattr(ui.app, "build_ui", build_ui)
+    return built
+
+
+def test_ui_command_binds_loopback(fake_build_ui):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    result = CliRunner().invoke(cli, ["ui", "--port", "7861"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (demo,) = fake_build_ui
+    assert demo.launch_arguments["server_name"] == "127.0.0.1"
+    assert demo.launch_arguments["server_port"] == 7861
+    assert demo.build_arguments["allow_local_paths"] is True
+    assert "Binding to" not in result.stderr
+
+
+def test_ui_command_warns_on_public_host(fake_build_ui):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    result = CliRunner().invoke(cli, ["ui", "--host", "0.0.0.0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (demo,) = fake_build_ui
+    assert demo.launch_arguments["server_name"] == "0.0.0.0"
+    assert demo.build_arguments["allow_local_paths"] is False
+    assert "Binding to 0.0.0.0 outside a Space" in result.stderr

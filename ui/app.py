@@ -364,8 +364,8 @@ class RepairApp:
         cancelled = threading.Event()
         self._cancel_flags[session] = cancelled
         root = self.work_dir / f"{config.slug()}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        user = profile.username if profile is not None else "token field"
-        log.info("Job %s started for %s: %s", root.name, user, equivalent_command(config, publish_config))
+        visitor = f"{profile.username} (signed in)" if profile is not None else "the token field's user"
+        log.info("Job %s started for %s: %s", root.name, visitor, equivalent_command(config, publish_config))
         start = time.perf_counter()
         try:
             return self._run_stages(config, publish_config, root, token, JobProgress(progress, cancelled), start)
