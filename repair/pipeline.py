@@ -289,6 +289,13 @@ def _silver(run: Run, tmp: Path) -> dict:
     tokenizer = load_tokenizer(run.reference_dir)
     frontiers = [Frontier(**json.loads(line)) for line in (run.root / "frontiers.jsonl").read_text().splitlines()]
     records, summary = build_records(tokenizer, load_problems(run, "train"), frontiers, run.config.budget)
+    if not records:
+        from repair.errors import StageError
+
+        scored = run.stage_summary("locate")["problems_scored"]
+        raise StageError(
+            f"no failure frontier in {scored} problems: the quantized model flips no decision token of the reference",
+            "Score more problems with --train-problems, or quantize harder with fewer --bits", stage="silver")
     save_records(records, tmp / "silver", summary)
     return summary
 

@@ -83,7 +83,7 @@ def train_adapter(quantized_dir: Path, records: list[SilverRecord], output_dir: 
     args = SFTConfig(
         output_dir=scratch, per_device_train_batch_size=settings.batch_size, num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate, lr_scheduler_type="cosine", warmup_steps=WARMUP_RATIO,
-        logging_steps=5, save_strategy="no", report_to=[], seed=settings.seed, max_length=settings.max_length,
+        logging_steps=1, save_strategy="no", report_to=[], seed=settings.seed, max_length=settings.max_length,
         bf16=on_gpu and torch.cuda.is_bf16_supported(), use_cpu=not on_gpu, disable_tqdm=True,
         dataloader_num_workers=0,
     )

@@ -13,6 +13,8 @@ import pytest
 
 DATA_ROOT = Path(os.environ.get("REPAIR_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
+# Bump when the tiny model's recipe changes, so that the cached copy is rebuilt.
+TINY_MODEL_VERSION = 1
 # Small enough to train in seconds; 64 wide so that group size 64 divides every layer.
 TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)
@@ -68,19 +70,62 @@ def tokenizer(smol_tokenizer_dir):
     return load_tokenizer(smol_tokenizer_dir, eos_token_id=2)
 
 
+def _fit_briefly(model, tokenizer, steps: int = 150) -> None:
+    """Train a random model on GSM8K solutions until its layers matter (about a minute on 2 cores).
+
+    A freshly initialised model is almost uniform, so no token has a positive margin and
+    quantization cannot flip anything. After this it agrees with about 30% of solution tokens,
+    and 2-bit GPTQ flips decision tokens in most problems.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from repair.steps import encode_trace, split_gsm8k_solution
+
+    traces = []
+    for row in gsm8k_rows("train", 48):
+        solution, answer = split_gsm8k_solution(row["answer"])
+        traces.append(encode_trace(tokenizer, row["question"], solution, answer))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for step in range(steps):
+        batch = traces[(step * 8) % len(traces):][:8]
+        length = max(len(trace.input_ids) for trace in batch)
+        input_ids = torch.tensor([t.input_ids + [2] * (length - len(t.input_ids)) for t in batch])
+        # The output head runs on solution tokens only: over a 49k vocabulary it is most of the cost.
+        rows, positions, targets = [], [], []
+        for row, trace in enumerate(batch):
+            for position in range(trace.prompt_length, len(trace.input_ids)):
+                rows.append(row)
+                positions.append(position - 1)
+                targets.append(trace.input_ids[position])
+        hidden = model.model(input_ids=input_ids).last_hidden_state[rows, positions]
+        loss = F.cross_entropy(model.lm_head(hidden), torch.tensor(targets))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
-    """A randomly initialised 2-layer Llama with SmolLM2's vocabulary, saved with a card that names its license."""
+def tiny_model_dir(request, tokenizer) -> Path:
+    """A 2-layer Llama with SmolLM2's vocabulary, briefly fitted, saved with a card that names its license.
+
+    The fitted model is kept in pytest's cache folder, so only the first session pays for the fit.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    folder = Path(request.config.cache.mkdir(f"tiny-llama-{TINY_MODEL_VERSION}"))
+    if (folder / "model.safetensors").is_file():
+        return folder
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=2, **TINY_LLAMA)
     model = LlamaForCausalLM(config)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
+    _fit_briefly(model, tokenizer)
     tokenizer.save_pretrained(folder)
     (folder / "README.md").write_text("---\nlicense: apache-2.0\nbase_model: testorg/tiny-llama\n---\n# tiny\n")
+    model.save_pretrained(folder)  # written last: its presence marks a complete folder
     return folder
 
 
@@ -96,7 +141,7 @@ def tiny_run_config(model_dir: Path, dataset: Path, **overrides):
     """A RunConfig sized for the tiny model: seconds per stage on CPU."""
     from repair.config import RunConfig
 
-    settings = dict(model=str(model_dir), bits=4, method="gptq", dataset=str(dataset), calibration_samples=4,
+    settings = dict(model=str(model_dir), bits=2, method="gptq", dataset=str(dataset), calibration_samples=4,
                     calibration_length=64, train_problems=12, test_problems=6, budget=8, epochs=1.0,
                     batch_size=4, eval_batch_size=4)
     settings.update(overrides)

@@ -50,7 +50,7 @@ def test_adapter_trains_and_base_stays(quantized_tiny, tmp_path):
     from repair.quantize import load_quantized
 
     before = load_quantized(quantized_tiny).state_dict()
-    records = [_record(chosen=f"4 + 4 = {value}") for value in range(8)]
+    records = [_record() for _ in range(8)]
     settings = TrainSettings(lora_rank=4, lora_alpha=8, learning_rate=5e-3, epochs=3, batch_size=4, max_length=512, seed=0)
     summary = train_adapter(quantized_tiny, records, tmp_path / "adapter", settings)
 
