@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 from repair.errors import ConfigError
 
-Method = Literal["gptq", "rtn"]
+Method = Literal["gptq", "awq", "rtn", "smoothquant"]
 Objective = Literal["sft"]
 Stage = Literal["prepare", "quantize", "measure", "locate", "silver", "restore", "verify"]
 
@@ -35,7 +35,8 @@ class RunConfig:
 
     model: str = field(**_help("Hub model id, local folder, local .gguf file, or a built-in alias such as smollm2-135m."))
     bits: int = field(**_help("Weight bit-width of the quantized model: 2, 3, 4 or 8."))
-    method: Method = field(default="gptq", **_help("Quantization method: gptq or rtn (round-to-nearest)."))
+    method: Method = field(default="gptq", **_help(
+        "Quantization method: gptq, awq, rtn (round-to-nearest, no calibration) or smoothquant (W8A8, --bits 8 only)."))
     group_size: int | None = field(
         default=None, **_help("Quantization group size; None picks the largest of 128, 64, 32 that divides every layer.")
     )
@@ -66,6 +67,12 @@ class RunConfig:
             )
         if self.method not in METHODS:
             raise ConfigError(f"--method {self.method!r} is not supported", f"Use one of {', '.join(METHODS)}")
+        if self.method == "smoothquant" and self.bits != 8:
+            raise ConfigError(f"--method smoothquant quantizes weights and activations to 8 bits, not {self.bits}",
+                              "Use --bits 8 with smoothquant, or --method gptq, awq or rtn for fewer bits")
+        if self.method == "smoothquant" and self.group_size is not None:
+            raise ConfigError("--group-size does not apply to smoothquant, which scales each output channel",
+                              "Leave --group-size unset")
         if self.group_size is not None and self.group_size <= 0:
             raise ConfigError(f"--group-size {self.group_size} is invalid", "Give a positive number such as 64, or leave it unset")
         for name in ("calibration_samples", "calibration_length", "train_problems", "test_problems", "budget",

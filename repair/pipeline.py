@@ -215,7 +215,7 @@ def _quantize(run: Run, tmp: Path) -> dict:
     from repair.quantize import quantize
 
     config = run.config
-    calibration = load_problems(run, "calibration") if config.method == "gptq" else []
+    calibration = load_problems(run, "calibration") if config.method != "rtn" else []
     result = quantize(run.reference_dir, tmp / "quantized", config.method, config.bits, config.group_size,
                       calibration, config.calibration_length, run.progress)
     size = sum(f.stat().st_size for f in (tmp / "quantized").glob("*.safetensors"))

@@ -29,7 +29,7 @@ REPO_KINDS: tuple[RepoKind, ...] = ("quantized", "dataset", "adapter")  # upload
 
 # Benchmarks whose local copies are recognised by folder or file name, for card metadata.
 KNOWN_DATASETS = {"gsm8k": ("openai/gsm8k", "GSM8K", "mit")}
-METHOD_NAMES = {"gptq": "GPTQ", "rtn": "round-to-nearest (RTN)"}
+METHOD_NAMES = {"gptq": "GPTQ", "awq": "AWQ", "rtn": "round-to-nearest (RTN)", "smoothquant": "SmoothQuant W8A8"}
 VERSIONED_PACKAGES = ("torch", "transformers", "llmcompressor", "compressed-tensors", "peft", "trl")
 
 
@@ -128,9 +128,16 @@ def build_repo_folders(run: Run, plans: dict[RepoKind, RepoPlan], command: str) 
     if prepared["model"]["gguf_file"]:
         source_note = f"dequantized to float32 from the GGUF file {prepared['model']['gguf_file']}"
     calibration = (f"{quantized['calibration_samples']} training-split problems of {dataset_name}, "
-                   f"at most {config.calibration_length} tokens each" if config.method == "gptq" else "none (round-to-nearest)")
+                   f"at most {config.calibration_length} tokens each" if config.method != "rtn" else "none (round-to-nearest)")
+    if config.method == "smoothquant":
+        weights_text, activations_text = "int8, symmetric, one scale per output channel", "int8, dynamic, one scale per token"
+    else:
+        symmetry = "asymmetric" if config.method == "awq" else "symmetric"
+        weights_text = f"int{config.bits}, {symmetry}, group size {quantized['group_size']}"
+        activations_text = "not quantized (weight-only)"
     ModelCard.from_template(
-        card_data, template_path=_template("quantized_card.md.j2"), repo_id=q_plan.repo_id,
+        card_data, template_path=_template("quantized_card.md.j2"), weights_text=weights_text,
+        activations_text=activations_text, repo_id=q_plan.repo_id,
         repo_name=q_plan.repo_id.split("/")[1], base_model=original or config.model, group_size=quantized["group_size"],
         group_size_reason=quantized["group_size_reason"], ignored_layers="lm_head", calibration=calibration,
         quantize_seconds=quantized["seconds"], checkpoint_mb=round(quantized["checkpoint_bytes"] / 1e6, 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 
 GROUP_SIZE_CANDIDATES = (128, 64, 32, 16)
 IGNORED_LAYERS = ["lm_head"]  # the output head stays in full precision, as llm-compressor's examples do
+SMOOTHING_STRENGTH = 0.8  # SmoothQuant's alpha: the share of activation outliers moved into the weights
+CALIBRATED_METHODS = ("gptq", "awq", "smoothquant")
 
 
 @dataclass
@@ -72,16 +75,54 @@ def _gcd(values) -> int:
     return result
 
 
-def build_recipe(method: Method, bits: int, group_size: int):
-    """Return the llm-compressor modifier for a weight-only, symmetric, grouped integer scheme."""
+def build_recipe(method: Method, bits: int, group_size: int) -> list:
+    """Return the llm-compressor modifiers of a method, following llm-compressor's own example recipes.
+
+    GPTQ and RTN: symmetric grouped integer weights. AWQ: asymmetric grouped weights after AWQ's
+    activation-aware scaling. SmoothQuant: smoothing, then GPTQ to 8-bit weights (per channel)
+    and 8-bit dynamic per-token activations (W8A8).
+    """
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
 
-    weights = QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="group", group_size=group_size)
+    if method == "smoothquant":
+        from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
+
+        return [SmoothQuantModifier(smoothing_strength=SMOOTHING_STRENGTH),
+                GPTQModifier(targets="Linear", scheme="W8A8", ignore=IGNORED_LAYERS)]
+
+    weights = QuantizationArgs(num_bits=bits, type="int", symmetric=method != "awq", strategy="group",
+                               group_size=group_size)
     groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
     if method == "gptq":
-        return GPTQModifier(config_groups=groups, ignore=IGNORED_LAYERS)
-    return QuantizationModifier(config_groups=groups, ignore=IGNORED_LAYERS)
+        return [GPTQModifier(config_groups=groups, ignore=IGNORED_LAYERS)]
+    if method == "awq":
+        from llmcompressor.modifiers.transform.awq import AWQModifier
+
+        return [AWQModifier(duo_scaling="both"), QuantizationModifier(config_groups=groups, ignore=IGNORED_LAYERS)]
+    return [QuantizationModifier(config_groups=groups, ignore=IGNORED_LAYERS)]
+
+
+@contextlib.contextmanager
+def cpu_pin_memory_workaround():
+    """Skip llm-compressor's pin_memory() calls when no accelerator is present.
+
+    llm-compressor 0.14.0.1's AWQ pins cached activations to speed up host-to-device copies, and
+    pin_memory() raises on a CPU-only torch. Pinning does nothing useful without an accelerator,
+    so it becomes a no-op there. Remove this once llm-compressor checks for an accelerator first.
+    """
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if torch.accelerator.is_available():
+        yield
+        return
+    original = IntermediatesCache.pin_memory
+    IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
+    try:
+        yield
+    finally:
+        IntermediatesCache.pin_memory = original
 
 
 def calibration_texts(tokenizer, problems: list[Problem]) -> list[str]:
@@ -104,6 +145,8 @@ def quantize(reference_dir: Path, output_dir: Path, method: Method, bits: int, g
     model = AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32)
     tokenizer = load_tokenizer(reference_dir)
     size, reason = choose_group_size(model, group_size)
+    if method == "smoothquant":
+        size, reason = 0, "no groups: SmoothQuant W8A8 uses one scale per output channel"
     recipe = build_recipe(method, bits, size)
     log.info("Quantizing with %s W%d, %s", method.upper(), bits, reason)
 
@@ -113,13 +156,14 @@ def quantize(reference_dir: Path, output_dir: Path, method: Method, bits: int, g
     start = time.perf_counter()
     _silence_llmcompressor()
     try:
-        if method == "gptq":
+        if method in CALIBRATED_METHODS:
             if not calibration:
-                raise ConfigError("GPTQ needs calibration problems but the training split gave none",
+                raise ConfigError(f"{method} needs calibration problems but the training split gave none",
                                   "Use a dataset with a train split, or --method rtn")
             texts = Dataset.from_dict({"text": calibration_texts(tokenizer, calibration)})
-            oneshot(model=model, recipe=recipe, dataset=texts, tokenizer=tokenizer,
-                    num_calibration_samples=len(calibration), max_seq_length=calibration_length)
+            with cpu_pin_memory_workaround():
+                oneshot(model=model, recipe=recipe, dataset=texts, tokenizer=tokenizer,
+                        num_calibration_samples=len(calibration), max_seq_length=calibration_length)
         else:
             oneshot(model=model, recipe=recipe)
     except (RuntimeError, ValueError) as error:
@@ -133,8 +177,8 @@ def quantize(reference_dir: Path, output_dir: Path, method: Method, bits: int, g
     if progress is not None:
         progress(f"quantize ({method} W{bits})", 1, 1)
     return QuantizeResult(method=method, bits=bits, group_size=size, group_size_reason=reason,
-                          calibration_samples=len(calibration) if method == "gptq" else 0,
-                          seconds=round(seconds, 1), recipe=str(recipe))
+                          calibration_samples=len(calibration) if method in CALIBRATED_METHODS else 0,
+                          seconds=round(seconds, 1), recipe="\n".join(map(str, recipe)))
 
 
 def _silence_llmcompressor() -> None:

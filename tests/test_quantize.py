@@ -37,23 +37,48 @@ def test_unsupported_bits_rejected(bits):
         RunConfig(model="smollm2-135m", bits=bits)
 
 
-@pytest.mark.parametrize(("method", "bits"), [("rtn", 4), ("gptq", 3), ("gptq", 8)])
+@pytest.mark.parametrize(("method", "bits"), [("rtn", 4), ("gptq", 3), ("gptq", 8), ("awq", 4), ("awq", 3)])
 def test_quantized_checkpoint_on_grid(tiny_model_dir, tmp_path, method, bits):
     result = quantize(tiny_model_dir, tmp_path / "q", method, bits, None, _problems(4), 64)
     assert result.group_size == 64
     saved = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
     assert saved["quant_method"] == "compressed-tensors"
     assert saved["config_groups"]["group_0"]["weights"]["num_bits"] == bits
+    assert saved["config_groups"]["group_0"]["weights"]["symmetric"] is (method != "awq")
 
     model = load_quantized(tmp_path / "q")
     weight = model.model.layers[0].mlp.up_proj.weight.detach()
-    scale = model.model.layers[0].mlp.up_proj.weight_scale.detach()
-    # Every weight is an integer multiple of its group's scale, within the signed range of `bits`.
-    levels = weight.reshape(weight.shape[0], -1, 64) / scale[:, :, None]
-    assert torch.allclose(levels, levels.round(), atol=1e-3)
-    assert levels.abs().max() <= 2 ** (bits - 1)
+    # Each group of 64 input columns holds at most 2**bits distinct values.
+    groups = weight.reshape(weight.shape[0], -1, 64)
+    distinct = max(len(torch.unique(group)) for row in groups for group in row)
+    assert distinct <= 2 ** bits
+
+
+def test_smoothquant_w8a8_checkpoint(tiny_model_dir, tmp_path):
+    result = quantize(tiny_model_dir, tmp_path / "q", "smoothquant", 8, None, _problems(4), 64)
+    assert result.group_size == 0
+    scheme = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]
+    assert scheme["weights"]["num_bits"] == 8
+    assert scheme["weights"]["strategy"] == "channel"
+    assert scheme["input_activations"]["num_bits"] == 8
+    assert scheme["input_activations"]["dynamic"] is True
+    model = load_quantized(tmp_path / "q")
+    logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"method": "smoothquant", "bits": 4}, "smoothquant quantizes weights and activations to 8 bits, not 4"),
+     ({"method": "smoothquant", "bits": 8, "group_size": 64}, "--group-size does not apply to smoothquant"),
+     ({"method": "int4", "bits": 4}, "--method 'int4' is not supported"),
+     ({"bits": 4, "group_size": 0}, "--group-size 0 is invalid")],
+)
+def test_impossible_combinations_rejected(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(model="smollm2-135m", **settings)
 
 
 def test_gptq_needs_calibration(tiny_model_dir, tmp_path):
-    with pytest.raises(ConfigError, match="GPTQ needs calibration"):
+    with pytest.raises(ConfigError, match="gptq needs calibration"):
         quantize(tiny_model_dir, tmp_path / "q", "gptq", 4, None, [], 64)
