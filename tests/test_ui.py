@@ -287,15 +287,16 @@ def test_equivalent_command_has_no_token(tiny_defaults):
 
 
 def test_tiny_job_publishes_three_repos(app, tiny_model_dir, small_gsm8k, hub_api):
+    config = tiny_run_config(tiny_model_dir, small_gsm8k)
     summary, table, nll, frontiers, examples, links = _job(
-        app, model=str(tiny_model_dir), bits=2, dataset=str(small_gsm8k), budget=8)
+        app, model=config.model, bits=config.bits, method=config.method, dataset=config.dataset, budget=config.budget)
 
     # The table: three models with real numbers
     assert list(table["model"]) == ["full precision", "quantized", "repaired"]
     for column in ("held-out NLL", "top-1 agreement"):
         values = list(table[column])
         assert all(isinstance(value, float) and math.isfinite(value) for value in values), values
-    assert list(table["problems"]) == [6, 6, 6]
+    assert list(table["problems"]) == [config.test_problems] * 3
     assert list(nll["held-out NLL"]) == list(table["held-out NLL"])
 
     # The charts and the example failures come from the locate stage
@@ -306,7 +307,7 @@ def test_tiny_job_publishes_three_repos(app, tiny_model_dir, small_gsm8k, hub_ap
     assert "Finished in" in summary
 
     # The links name the three repos, which exist on the stand-in
-    stem = f"testuser/{tiny_model_dir.name}-gptq-w2"
+    stem = f"testuser/{config.slug()}"
     for repo_id, repo_type in ((stem, "model"), (f"{stem}-silver-bullet", "dataset"),
                                (f"{stem}-repair-lora", "model")):
         assert f"[{repo_id}]" in links

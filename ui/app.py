@@ -92,6 +92,11 @@ def field_default(name: str, run_defaults: dict):
     return None if default is MISSING else default
 
 
+def field_help(name: str) -> str:
+    """Return the help text of a RunConfig field, which the CLI's options also describe."""
+    return next(f.metadata.get("help", "") for f in fields(RunConfig) if f.name == name)
+
+
 def parse_whole_number(value, flag: str) -> int | None:
     """Return ``value`` as an int, None when empty; raise ConfigError naming ``flag`` otherwise."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -458,11 +463,11 @@ def build_ui(run_defaults: dict | None = None, work_dir: Path | None = None, *, 
             found = gr.Dropdown(label="Search results", choices=[], scale=2, info="Pick one to fill the model field")
         with gr.Row():
             bits = gr.Dropdown(label="Bit-width", choices=list(SUPPORTED_BITS),
-                               value=field_default("bits", defaults) or DEFAULT_BITS, info="Weight bits after quantization")
+                               value=field_default("bits", defaults) or DEFAULT_BITS, info=field_help("bits"))
             method = gr.Radio(label="Method", choices=list(METHODS), value=field_default("method", defaults),
-                              info="GPTQ calibrates on training problems; rtn rounds to nearest")
+                              info=field_help("method"))
             budget = gr.Number(label="Budget", value=field_default("budget", defaults), precision=0, minimum=1,
-                               info="Maximum Silver Bullet records to train on")
+                               info=field_help("budget"))
         with gr.Row():
             dataset = gr.Textbox(label="Dataset", value=field_default("dataset", defaults),
                                  info="Hub dataset id with train and test splits in GSM8K's format")
@@ -488,7 +493,7 @@ def build_ui(run_defaults: dict | None = None, work_dir: Path | None = None, *, 
             frontier_plot = gr.BarPlot(x="frontier step", y="problems", title="First faulty step of training problems",
                                        label="Frontier steps", sort=FRONTIER_STEP_ORDER, elem_id="frontier-plot")
         examples = gr.Dataframe(label="Example failures", headers=EXAMPLE_COLUMNS, interactive=False, wrap=True,
-                                elem_id="examples-table")
+                                column_widths=["12%", "6%", "8%", "32%", "32%", "10%"], elem_id="examples-table")
         links = gr.Markdown(elem_id="links")
 
         # Wiring
