@@ -69,9 +69,39 @@ def app_url(tmp_path, tiny_model_dir, small_gsm8k):
             demo.close()
 
 
-def _save_screenshot(page, tmp_path: Path) -> Path:
+@pytest.fixture
+def space_app_url(tmp_path):
+    """The URL of the app as a Space would run it, with "Sign in with Hugging Face" turned on.
+
+    gradio.oauth reads the OAuth client settings when it is imported, so they are patched there.
+    Nothing contacts the provider URL unless a visitor clicks the sign-in button.
+    """
+    import gradio.oauth
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+        patch.setenv("SYSTEM", "spaces")
+        patch.setenv("SPACE_ID", "testuser/repair")
+        patch.setattr(gradio.oauth, "OAUTH_CLIENT_ID", "test-client")
+        patch.setattr(gradio.oauth, "OAUTH_CLIENT_SECRET", "test-secret")
+        patch.setattr(gradio.oauth, "OAUTH_SCOPES", "openid profile read-repos write-repos")
+        patch.setattr(gradio.oauth, "OPENID_PROVIDER_URL", "http://127.0.0.1:9")
+        from ui.app import build_ui, launch_options
+
+        demo = build_ui(work_dir=tmp_path / "work")
+        port = _free_port()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False,
+                    quiet=True, **launch_options())
+        try:
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            demo.close()
+
+
+def _save_screenshot(page, tmp_path: Path, name: str = "ui-results.png") -> Path:
     """Save a full-page screenshot in the test's folder, and a copy in REPAIR_SCREENSHOT_DIR if set."""
-    path = tmp_path / "ui-results.png"
+    path = tmp_path / name
     page.screenshot(path=str(path), full_page=True)
     copy_dir = os.environ.get("REPAIR_SCREENSHOT_DIR")
     if copy_dir:
@@ -121,3 +151,14 @@ def test_repair_in_browser(browser, app_url, tiny_model_dir, small_gsm8k, tmp_pa
 
     screenshot = _save_screenshot(page, tmp_path)
     assert screenshot.stat().st_size > 10_000
+
+
+def test_space_page_offers_sign_in(browser, space_app_url, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(space_app_url)
+
+    page.get_by_role("button", name="Sign in with Hugging Face").wait_for(timeout=30_000)
+    assert page.locator("#hub-token input").count() == 0
+    page.get_by_text("Sign in with Hugging Face to run a job").wait_for(timeout=30_000)
+    assert page.locator("#model textarea").input_value() == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    _save_screenshot(page, tmp_path, "ui-space-signed-out.png")
