@@ -51,6 +51,15 @@ def _error_message(app, **form) -> str:
     return raised.value.message
 
 
+def _error_message_of(handler, *arguments) -> str:
+    """Return the message of the gr.Error that ``handler`` raises for ``arguments``."""
+    import gradio as gr
+
+    with pytest.raises(gr.Error) as raised:
+        handler(*arguments)
+    return raised.value.message
+
+
 def _oauth_token(token):
     import gradio as gr
 
@@ -209,6 +218,14 @@ def test_search_uses_signed_in_token(tmp_path, hub_api, hub_faults):
     app.search_models("anything", None, _oauth_token("hf_other_write"))
     searches = [entry for entry in hub_faults.request_log() if entry["path"] == "/api/models"]
     assert [entry["user"] for entry in searches] == ["otheruser"]
+
+
+def test_search_failure_reported(app, hub_faults):
+    hub_faults.add_fault("^/api/models$", 400)
+    message = _error_message_of(app.search_models, "tiny", "hf_test_write", None)
+    assert message.startswith("The Hub search for 'tiny' failed: ")
+    assert message.endswith(". Type the model id instead.")
+    assert "\n" not in message
 
 
 def test_empty_search_rejected(app):

@@ -245,8 +245,7 @@ class RepairApp:
         # A Space's disk is small and wiped on restart, and the results are on the Hub by then.
         self.keep_run_folders = not self.in_space if keep_run_folders is None else keep_run_folders
         self._job_lock = threading.Lock()
-        self._cancel_flags: dict[str, threading.Event] = {}
-        self._flags_lock = threading.Lock()
+        self._cancel_flags: dict[str, threading.Event] = {}  # by browser session
 
     # Form help
     def default_model(self) -> str:
@@ -304,7 +303,8 @@ class RepairApp:
             models = list(HfApi().list_models(search=query, sort="downloads", limit=SEARCH_RESULTS, token=token))
         except (HfHubHTTPError, OSError) as error:
             log.warning("Model search for %r failed: %s", query, error)
-            raise gr.Error(f"The Hub search for {query!r} failed: {error}. Type the model id instead.",
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise gr.Error(f"The Hub search for {query!r} failed: {first_line}. Type the model id instead.",
                            print_exception=False) from error
 
         ids = [model.id for model in models]
