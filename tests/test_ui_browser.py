@@ -76,6 +76,7 @@ def space_app_url(tmp_path):
     gradio.oauth reads the OAuth client settings when it is imported, so they are patched there.
     Nothing contacts the provider URL unless a visitor clicks the sign-in button.
     """
+    import gradio.http_server
     import gradio.oauth
 
     with pytest.MonkeyPatch.context() as patch:
@@ -87,6 +88,9 @@ def space_app_url(tmp_path):
         patch.setattr(gradio.oauth, "OAUTH_CLIENT_SECRET", "test-secret")
         patch.setattr(gradio.oauth, "OAUTH_SCOPES", "openid profile read-repos write-repos")
         patch.setattr(gradio.oauth, "OPENID_PROVIDER_URL", "http://127.0.0.1:9")
+        # In a Space, Gradio's server also starts a hot-reload thread that needs the `spaces` package,
+        # which Spaces install themselves and the tests do not.
+        patch.setattr(gradio.http_server, "get_space", lambda: None)
         from ui.app import build_ui, launch_options
 
         demo = build_ui(work_dir=tmp_path / "work")
