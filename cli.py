@@ -30,6 +30,10 @@ def _run_options(command):
                      help=f"Weight bit-width of the quantized model: {', '.join(map(str, SUPPORTED_BITS))}."),
         click.option("--method", type=click.Choice(METHODS), default="gptq", show_default=True,
                      help="Quantization method."),
+        click.option("--pull/--no-pull", default=True, show_default=True,
+                     help="Use a matching quantized checkpoint of the same base from the Hub when one exists."),
+        click.option("--quantized", "quantized_repo", default=None,
+                     help="Hub id of a quantized checkpoint to use instead of searching or quantizing."),
         click.option("--group-size", type=int, default=None,
                      help="Quantization group size; by default the largest of 128, 64, 32, 16 that divides every layer."),
         click.option("--dataset", default="openai/gsm8k", show_default=True,
@@ -46,6 +50,7 @@ def _run_options(command):
         click.option("--run-dir", type=click.Path(path_type=Path), default=None,
                      help="Run folder; by default repair-runs/<model>-<method>-w<bits>-<hash>. Rerunning resumes it."),
         click.option("--token", default=None, help="Hub token; by default HF_TOKEN or the saved login. Never written anywhere."),
+        click.option("--dry-run", is_flag=True, help="Print the recipe, the checkpoint that would be pulled, and memory and disk estimates, then stop."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -60,11 +65,17 @@ def _build_run(kwargs: dict):
     run_dir = kwargs.pop("run_dir")
     config = RunConfig(
         model=kwargs.pop("model"), bits=kwargs.pop("bits"), method=kwargs.pop("method"),
-        group_size=kwargs.pop("group_size"), dataset=kwargs.pop("dataset"), dataset_config=kwargs.pop("dataset_config"),
+        group_size=kwargs.pop("group_size"), pull=kwargs.pop("pull"), quantized_repo=kwargs.pop("quantized_repo"),
+        dataset=kwargs.pop("dataset"), dataset_config=kwargs.pop("dataset_config"),
         calibration_samples=kwargs.pop("calibration_samples"), train_problems=kwargs.pop("train_problems"),
         test_problems=kwargs.pop("test_problems"), budget=kwargs.pop("budget"), epochs=kwargs.pop("epochs"),
         seed=kwargs.pop("seed"),
     )
+    if kwargs.pop("dry_run", False):
+        from repair.quantize import dry_run_report
+
+        click.echo(dry_run_report(config, token))
+        sys.exit(0)
     run = Run(config, run_dir, token=token, progress=TqdmProgress(disable=bool(os.environ.get("REPAIR_NO_PROGRESS"))))
     log.info("Run folder: %s", run.root)
     return run, token
@@ -219,16 +230,7 @@ def _print_summary(run, result: dict | None) -> None:
     click.echo("\n".join(lines))
 
 
-def main() -> None:
-    cli()
-
-
-if __name__ == "__main__":
-    main()
-
-
-# The web app and its Space. NOTE: these commands are defined after the __main__ guard above, so
-# `python cli.py ui` does not see them; the installed `repair` script imports the whole module first.
+# The web app and its Space
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -282,3 +284,11 @@ def deploy(name, namespace, private, token, requirement):
     from repair.space import deploy_space
 
     click.echo(deploy_space(name, token or get_token(), namespace=namespace, private=private, requirement=requirement))
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

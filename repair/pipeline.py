@@ -215,11 +215,60 @@ def _quantize(run: Run, tmp: Path) -> dict:
     from repair.quantize import quantize
 
     config = run.config
+    pulled = _pull_quantized(run, tmp / "quantized")
+    if pulled is not None:
+        return pulled
     calibration = load_problems(run, "calibration") if config.method != "rtn" else []
     result = quantize(run.reference_dir, tmp / "quantized", config.method, config.bits, config.group_size,
                       calibration, config.calibration_length, run.progress)
     size = sum(f.stat().st_size for f in (tmp / "quantized").glob("*.safetensors"))
-    return {**asdict(result), "checkpoint_bytes": size}
+    return {**asdict(result), "checkpoint_bytes": size, "pulled_from": None}
+
+
+def _pull_quantized(run: Run, destination: Path) -> dict | None:
+    """Download the checkpoint named by --quantized, or a matching one found on the Hub; None to quantize."""
+    import httpx
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from repair.sources import download_quantized, find_quantized
+
+    config = run.config
+    base = run.stage_summary("prepare")["model"]["hub_id"]
+    candidates: list = []
+    if config.quantized_repo:
+        repo_id, reason = config.quantized_repo, "named with --quantized"
+    elif not config.pull:
+        log.info("Not searching the Hub for a quantized checkpoint (--no-pull)")
+        return None
+    elif base is None:
+        log.info("The model has no Hub id, so there is no model tree to search; quantizing locally")
+        return None
+    elif constants.HF_HUB_OFFLINE:
+        log.info("HF_HUB_OFFLINE is set; quantizing locally")
+        return None
+    else:
+        try:
+            found, candidates = find_quantized(base, config.method, config.bits, run.token)
+        except (HfHubHTTPError, httpx.HTTPError, OSError) as error:
+            log.warning("Could not search the Hub for quantized checkpoints of %s (%s); quantizing locally", base,
+                        str(error).splitlines()[0] if str(error) else type(error).__name__)
+            return None
+        for candidate in candidates:
+            log.info("Hub checkpoint %s: %s", candidate.repo_id, "used" if candidate.usable else f"skipped, {candidate.reason}")
+        if found is None:
+            log.info("No usable %s %d-bit checkpoint of %s on the Hub; quantizing locally", config.method, config.bits, base)
+            return None
+        repo_id, reason = found.repo_id, f"found on the Hub: {found.reason}"
+
+    start = time.perf_counter()
+    revision = download_quantized(repo_id, destination, run.token)
+    log.info("Using quantized checkpoint %s at %s (%s)", repo_id, revision, reason)
+    size = sum(f.stat().st_size for f in destination.glob("*.safetensors"))
+    return {"method": config.method, "bits": config.bits, "group_size": None, "group_size_reason": "set by the pulled checkpoint",
+            "calibration_samples": 0, "seconds": round(time.perf_counter() - start, 1), "recipe": "",
+            "checkpoint_bytes": size, "pulled_from": repo_id, "revision": revision, "reason": reason,
+            "candidates": [asdict(c) for c in candidates]}
 
 
 def _measure(run: Run, tmp: Path) -> dict:

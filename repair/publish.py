@@ -39,6 +39,7 @@ class RepoPlan:
     repo_id: str
     repo_type: Literal["model", "dataset"]
     folder: Path
+    external: bool = False  # an existing Hub repo the run pulled: linked to, never uploaded
 
     @property
     def url_path(self) -> str:
@@ -69,11 +70,16 @@ def library_versions() -> str:
 def plan_repos(run: Run, namespace: str, name_prefix: str | None, root: Path) -> dict[RepoKind, RepoPlan]:
     stem = check_repo_name(name_prefix or run.config.slug(), "--name")
     names = {"quantized": stem, "dataset": f"{stem}-silver-bullet", "adapter": f"{stem}-repair-lora"}
-    return {
+    plans = {
         kind: RepoPlan(kind=kind, repo_id=f"{namespace}/{check_repo_name(names[kind], '--name')}",
                        repo_type="dataset" if kind == "dataset" else "model", folder=root / names[kind])
         for kind in REPO_KINDS
     }
+    pulled = run.stage_summary("quantize").get("pulled_from")
+    if pulled:
+        plans["quantized"] = RepoPlan(kind="quantized", repo_id=pulled, repo_type="model", folder=root / names["quantized"],
+                                      external=True)
+    return plans
 
 
 def _template(name: str) -> str:
@@ -90,7 +96,6 @@ def build_repo_folders(run: Run, plans: dict[RepoKind, RepoPlan], command: str) 
 
     config = run.config
     prepared = run.stage_summary("prepare")
-    quantized = run.stage_summary("quantize")
     silver = run.stage_summary("silver")
     trained = run.stage_summary("restore")
     verified = json.loads((run.root / "verify.json").read_text())
@@ -114,36 +119,13 @@ def build_repo_folders(run: Run, plans: dict[RepoKind, RepoPlan], command: str) 
     for plan in plans.values():
         if plan.folder.exists():
             shutil.rmtree(plan.folder)
-        plan.folder.mkdir(parents=True)
+        if not plan.external:
+            plan.folder.mkdir(parents=True)
 
-    # Quantized checkpoint
+    # Quantized checkpoint, unless it was pulled from the Hub
     q_plan = plans["quantized"]
-    for item in run.quantized_dir.iterdir():
-        shutil.copy2(item, q_plan.folder / item.name)
-    tags = [config.method, "compressed-tensors", f"{config.bits}-bit", "llm-compressor", "repair"]
-    card_data = ModelCardData(base_model=original, base_model_relation="quantized" if original else None,
-                              library_name="transformers", pipeline_tag="text-generation",
-                              license=license_id, tags=tags)
-    source_note = None
-    if prepared["model"]["gguf_file"]:
-        source_note = f"dequantized to float32 from the GGUF file {prepared['model']['gguf_file']}"
-    calibration = (f"{quantized['calibration_samples']} training-split problems of {dataset_name}, "
-                   f"at most {config.calibration_length} tokens each" if config.method != "rtn" else "none (round-to-nearest)")
-    if config.method == "smoothquant":
-        weights_text, activations_text = "int8, symmetric, one scale per output channel", "int8, dynamic, one scale per token"
-    else:
-        symmetry = "asymmetric" if config.method == "awq" else "symmetric"
-        weights_text = f"int{config.bits}, {symmetry}, group size {quantized['group_size']}"
-        activations_text = "not quantized (weight-only)"
-    ModelCard.from_template(
-        card_data, template_path=_template("quantized_card.md.j2"), weights_text=weights_text,
-        activations_text=activations_text, repo_id=q_plan.repo_id,
-        repo_name=q_plan.repo_id.split("/")[1], base_model=original or config.model, group_size=quantized["group_size"],
-        group_size_reason=quantized["group_size_reason"], ignored_layers="lm_head", calibration=calibration,
-        quantize_seconds=quantized["seconds"], checkpoint_mb=round(quantized["checkpoint_bytes"] / 1e6, 1),
-        source_note=source_note, versions=library_versions(), recipe=quantized["recipe"],
-        adapter_repo=plans["adapter"].repo_id, **common,
-    ).save(q_plan.folder / "README.md")
+    if not q_plan.external:
+        _build_quantized_folder(run, q_plan, plans["adapter"].repo_id, common)
 
     # Silver Bullet dataset
     d_plan = plans["dataset"]
@@ -210,6 +192,44 @@ def build_repo_folders(run: Run, plans: dict[RepoKind, RepoPlan], command: str) 
     check_repo_folders(plans)
 
 
+def _build_quantized_folder(run: Run, q_plan: RepoPlan, adapter_repo: str, common: dict) -> None:
+    """Copy the checkpoint the run made and render its card."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config = run.config
+    prepared = run.stage_summary("prepare")
+    quantized = run.stage_summary("quantize")
+    original = prepared["model"]["hub_id"]
+    license_id = prepared["model"]["license"]
+    dataset_name = common["eval_dataset"]
+    for item in run.quantized_dir.iterdir():
+        shutil.copy2(item, q_plan.folder / item.name)
+    tags = [config.method, "compressed-tensors", f"{config.bits}-bit", "llm-compressor", "repair"]
+    card_data = ModelCardData(base_model=original, base_model_relation="quantized" if original else None,
+                              library_name="transformers", pipeline_tag="text-generation",
+                              license=license_id, tags=tags)
+    source_note = None
+    if prepared["model"]["gguf_file"]:
+        source_note = f"dequantized to float32 from the GGUF file {prepared['model']['gguf_file']}"
+    calibration = (f"{quantized['calibration_samples']} training-split problems of {dataset_name}, "
+                   f"at most {config.calibration_length} tokens each" if config.method != "rtn" else "none (round-to-nearest)")
+    if config.method == "smoothquant":
+        weights_text, activations_text = "int8, symmetric, one scale per output channel", "int8, dynamic, one scale per token"
+    else:
+        symmetry = "asymmetric" if config.method == "awq" else "symmetric"
+        weights_text = f"int{config.bits}, {symmetry}, group size {quantized['group_size']}"
+        activations_text = "not quantized (weight-only)"
+    ModelCard.from_template(
+        card_data, template_path=_template("quantized_card.md.j2"), weights_text=weights_text,
+        activations_text=activations_text, repo_id=q_plan.repo_id,
+        repo_name=q_plan.repo_id.split("/")[1], base_model=original or config.model, group_size=quantized["group_size"],
+        group_size_reason=quantized["group_size_reason"], ignored_layers="lm_head", calibration=calibration,
+        quantize_seconds=quantized["seconds"], checkpoint_mb=round(quantized["checkpoint_bytes"] / 1e6, 1),
+        source_note=source_note, versions=library_versions(), recipe=quantized["recipe"],
+        adapter_repo=adapter_repo, **common,
+    ).save(q_plan.folder / "README.md")
+
+
 def _has_cuda() -> bool:
     import torch
 
@@ -222,6 +242,8 @@ def check_repo_folders(plans: dict[RepoKind, RepoPlan]) -> None:
 
     meta = {}
     for kind, plan in plans.items():
+        if plan.external:
+            continue
         try:
             meta[kind] = metadata_load(plan.folder / "README.md") or {}
         except Exception as error:  # yaml raises several error types for broken front matter
@@ -293,6 +315,9 @@ def push_repos(plans: dict[RepoKind, RepoPlan], token: str, private: bool) -> di
     urls: dict[RepoKind, str] = {}
     for kind in REPO_KINDS:
         plan = plans[kind]
+        if plan.external:
+            urls[kind] = f"{api.endpoint}/{plan.url_path}"
+            continue
         try:
             api.create_repo(plan.repo_id, repo_type=plan.repo_type, private=private, exist_ok=True)
             commit = api.upload_folder(repo_id=plan.repo_id, repo_type=plan.repo_type, folder_path=plan.folder,
@@ -316,6 +341,8 @@ def export_folders(plans: dict[RepoKind, RepoPlan], output: Path) -> dict[RepoKi
         output.mkdir(parents=True, exist_ok=True)
         paths = {}
         for kind, plan in plans.items():
+            if plan.external:
+                continue
             target = output / plan.folder.name
             if target.exists():
                 shutil.rmtree(target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,12 @@ from repair.progress import ProgressCallback
 from repair.steps import Problem, build_prompt, format_solution
 
 log = logging.getLogger(__name__)
+
+# llm-compressor and compressed-tensors each add a loguru sink on stdout when imported, which
+# would mix their INFO lines into the results the CLI prints there. Disabled before their import,
+# they add none; route_llmcompressor_logs() then sends llm-compressor's warnings to stderr.
+os.environ.setdefault("LLM_COMPRESSOR_LOG_DISABLED", "true")
+os.environ.setdefault("COMPRESSED_TENSORS_LOG_DISABLED", "true")
 
 GROUP_SIZE_CANDIDATES = (128, 64, 32, 16)
 IGNORED_LAYERS = ["lm_head"]  # the output head stays in full precision, as llm-compressor's examples do
@@ -82,6 +89,7 @@ def build_recipe(method: Method, bits: int, group_size: int) -> list:
     activation-aware scaling. SmoothQuant: smoothing, then GPTQ to 8-bit weights (per channel)
     and 8-bit dynamic per-token activations (W8A8).
     """
+    route_llmcompressor_logs()
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
 
@@ -154,7 +162,6 @@ def quantize(reference_dir: Path, output_dir: Path, method: Method, bits: int, g
     if progress is not None:
         progress(f"quantize ({method} W{bits})", 0, 1)
     start = time.perf_counter()
-    _silence_llmcompressor()
     try:
         if method in CALIBRATED_METHODS:
             if not calibration:
@@ -178,18 +185,30 @@ def quantize(reference_dir: Path, output_dir: Path, method: Method, bits: int, g
         progress(f"quantize ({method} W{bits})", 1, 1)
     return QuantizeResult(method=method, bits=bits, group_size=size, group_size_reason=reason,
                           calibration_samples=len(calibration) if method in CALIBRATED_METHODS else 0,
-                          seconds=round(seconds, 1), recipe="\n".join(map(str, recipe)))
+                          seconds=round(seconds, 1), recipe=_saved_recipe(output_dir))
 
 
-def _silence_llmcompressor() -> None:
-    """Route llm-compressor's loguru output away from stdout unless REPAIR_DEBUG is set."""
-    import os
+def _saved_recipe(checkpoint: Path) -> str:
+    """Return the recipe.yaml that llm-compressor writes beside the checkpoint, or '' if it wrote none."""
+    recipe = checkpoint / "recipe.yaml"
+    return recipe.read_text() if recipe.is_file() else ""
 
+
+def route_llmcompressor_logs() -> None:
+    """Send llm-compressor's loguru output to stderr, warnings only unless REPAIR_DEBUG is set."""
+    import sys
+
+    import llmcompressor  # noqa: F401  (imported first so that its own logger setup has run)
     from loguru import logger
 
-    if not os.environ.get("REPAIR_DEBUG"):
-        logger.disable("llmcompressor")
-        logger.disable("compressed_tensors")
+    logger.enable("llmcompressor")
+    try:
+        logger.level("METRIC")
+    except ValueError:  # llm-compressor defines its METRIC level only when its logging is on
+        logger.level("METRIC", no=38)
+    logger.remove()
+    logger.add(sys.stderr, level="DEBUG" if os.environ.get("REPAIR_DEBUG") else "WARNING",
+               format="{time:HH:mm:ss} llmcompressor: {message}")
 
 
 def load_quantized(checkpoint: Path | str, for_training: bool = False):
@@ -207,3 +226,56 @@ def load_quantized(checkpoint: Path | str, for_training: bool = False):
     if not for_training:
         model.eval()
     return model
+
+
+def dry_run_report(config, token: str | None = None) -> str:
+    """Describe what a run would do, without loading weights: recipe, pulled checkpoint, memory and disk."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from repair.sources import check_causal_lm, find_quantized, model_config, resolve_model_metadata
+
+    # Read the config only: for a Hub model this downloads config.json, not the weights.
+    source = resolve_model_metadata(config.model, token)
+    check_causal_lm(source)
+    model_settings = model_config(source)
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(model_settings)
+    empty.tie_weights()
+    parameters = empty.num_parameters()
+    quantized_parameters = sum(width * out for width, out in _linear_shapes(empty))
+    size, reason = (0, "per output channel (SmoothQuant)") if config.method == "smoothquant" else choose_group_size(empty, config.group_size)
+    recipe = build_recipe(config.method, config.bits, size or 64)
+
+    # Pull candidates
+    lines = [f"model: {source.describe()} ({parameters / 1e6:.0f}M parameters, {type(empty).__name__})",
+             f"recipe: {config.method} W{config.bits}, {reason}"]
+    lines += [f"  {type(modifier).__name__}" for modifier in recipe]
+    if config.quantized_repo:
+        lines.append(f"quantized checkpoint: {config.quantized_repo} (named with --quantized)")
+    elif config.pull and source.hub_id:
+        try:
+            found, candidates = find_quantized(source.hub_id, config.method, config.bits, token)
+        except Exception as error:  # the dry run reports any lookup failure instead of stopping
+            lines.append(f"quantized checkpoint: Hub search failed ({type(error).__name__}); would quantize locally")
+        else:
+            for candidate in candidates:
+                lines.append(f"  candidate {candidate.repo_id}: {'usable' if candidate.usable else candidate.reason}")
+            lines.append(f"quantized checkpoint: {'pull ' + found.repo_id if found else 'none found; would quantize locally'}")
+    else:
+        lines.append("quantized checkpoint: would quantize locally")
+
+    # Estimates: float32 weights, a second copy while quantizing or training, and the files written.
+    reference_bytes = parameters * 4
+    quantized_bytes = (parameters - quantized_parameters) * 4 + quantized_parameters * config.bits / 8
+    lines.append(f"memory estimate: {2 * reference_bytes / 1e9:.1f} GB peak (float32 weights twice, an estimate)")
+    lines.append(f"disk estimate: {(reference_bytes + quantized_bytes) / 1e9:.2f} GB in the run folder "
+                 f"(float32 reference {reference_bytes / 1e9:.2f} GB, quantized {quantized_bytes / 1e9:.2f} GB)")
+    return "\n".join(lines)
+
+
+def _linear_shapes(model) -> list[tuple[int, int]]:
+    import torch
+
+    return [(module.in_features, module.out_features) for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and name.split(".")[-1] not in IGNORED_LAYERS]

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -126,7 +127,7 @@ def _resolve_hub(repo_id: str, token: str | None) -> ModelSource:
     except GatedRepoError as error:
         raise ModelSourceError(
             f"model {repo_id} is gated and this token has no access",
-            f"Accept its terms on the Hub page, then pass a token that can read it (--token or HF_TOKEN)",
+            "Accept its terms on the Hub page, then pass a token that can read it (--token or HF_TOKEN)",
             repo_id=repo_id,
         ) from error
     except RepositoryNotFoundError as error:
@@ -180,6 +181,33 @@ def _license_from_card(folder: Path) -> str | None:
 def _hub_id_from_card(folder: Path) -> str | None:
     base = _card_metadata(folder).get("base_model")
     return base if isinstance(base, str) and _HUB_ID.match(base) else None
+
+
+def resolve_model_metadata(spec: str, token: str | None = None) -> ModelSource:
+    """Resolve ``spec`` like ``resolve_model``, but fetch only config.json for a Hub model."""
+    path = Path(spec).expanduser()
+    if spec in BUILTIN_MODELS or path.exists() or path.suffix == ".gguf" or not _HUB_ID.match(spec):
+        return resolve_model(spec, token)
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        info = HfApi(token=token).model_info(spec)
+        folder = Path(hf_hub_download(spec, "config.json", revision=info.sha, token=token)).parent
+    except RepositoryNotFoundError as error:
+        raise ModelSourceError(f"model {spec} not found on the Hub",
+                               "Check the id; for a private model pass a token that can read it", repo_id=spec) from error
+    except (HfHubHTTPError, OSError) as error:
+        raise ModelSourceError(f"could not read the config of {spec}: {_first_line(error)}",
+                               "Check the network and the token", repo_id=spec) from error
+    card = info.card_data.to_dict() if info.card_data else {}
+    return ModelSource(spec=spec, kind="hub", path=folder, hub_id=spec, license=card.get("license"))
+
+
+def model_config(source: ModelSource):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
 
 
 def check_causal_lm(source: ModelSource) -> None:
@@ -249,3 +277,109 @@ def save_reference(model, tokenizer, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+
+
+# Pre-quantized checkpoints on the Hub
+
+MAX_CANDIDATES = 50  # quantized children of one base inspected at most
+# Recipe modifiers that identify each method in an llm-compressor recipe.yaml.
+_RECIPE_MARKERS = {"awq": "AWQModifier", "smoothquant": "SmoothQuantModifier", "gptq": "GPTQModifier"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A quantized child of the base on the Hub, and whether the tool can use it."""
+
+    repo_id: str
+    usable: bool
+    reason: str
+
+
+def _checkpoint_scheme(config: dict) -> tuple[str | None, int | None]:
+    """Return (format, weight bits) of a checkpoint's ``quantization_config``."""
+    quantization = config.get("quantization_config") or {}
+    method = quantization.get("quant_method")
+    if method == "compressed-tensors":
+        groups = quantization.get("config_groups") or {}
+        bits = {(group.get("weights") or {}).get("num_bits") for group in groups.values()}
+        return method, bits.pop() if len(bits) == 1 else None
+    return method, quantization.get("bits")
+
+
+def _recipe_method(recipe_text: str | None, tags: list[str]) -> str | None:
+    """Guess the method that made a compressed-tensors checkpoint from its recipe, else from its tags."""
+    if recipe_text:
+        for method, marker in _RECIPE_MARKERS.items():
+            if marker in recipe_text:
+                return method
+        if "QuantizationModifier" in recipe_text:
+            return "rtn"
+    for method in ("awq", "gptq", "smoothquant", "rtn"):
+        if method in tags:
+            return method
+    return None
+
+
+def find_quantized(base_id: str, method: str, bits: int, token: str | None = None) -> tuple[Candidate | None, list[Candidate]]:
+    """Search the Hub's model tree for a quantized child of ``base_id`` that matches and loads.
+
+    Returns the first usable candidate (or None) and every candidate looked at, with the reason it
+    was taken or skipped. compressed-tensors checkpoints load natively. GPTQ and AWQ packed formats
+    need transformers' GPTQModel backend, which cannot share an environment with llm-compressor's pins,
+    so they are skipped unless ``gptqmodel`` is importable.
+    """
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    api = HfApi(token=token)
+    children = list(api.list_models(filter=f"base_model:quantized:{base_id}", limit=MAX_CANDIDATES))
+    candidates: list[Candidate] = []
+    for child in children:
+        try:
+            config = json.loads(Path(hf_hub_download(child.id, "config.json", token=token)).read_text())
+        except (EntryNotFoundError, HfHubHTTPError, ValueError) as error:
+            candidates.append(Candidate(child.id, False, f"config.json unreadable ({_first_line(error)})"))
+            continue
+        checkpoint_format, checkpoint_bits = _checkpoint_scheme(config)
+        if checkpoint_bits != bits:
+            candidates.append(Candidate(child.id, False, f"{checkpoint_bits}-bit, not {bits}-bit"))
+            continue
+        if checkpoint_format in ("gptq", "awq") and importlib.util.find_spec("gptqmodel") is None:
+            candidates.append(Candidate(child.id, False, f"{checkpoint_format} packed format needs the gptqmodel "
+                                                         "backend, which is not installed"))
+            continue
+        if checkpoint_format not in ("compressed-tensors", "gptq", "awq"):
+            candidates.append(Candidate(child.id, False, f"format {checkpoint_format!r} is not supported"))
+            continue
+        try:
+            recipe = Path(hf_hub_download(child.id, "recipe.yaml", token=token)).read_text()
+        except (EntryNotFoundError, HfHubHTTPError):
+            recipe = None
+        found_method = _recipe_method(recipe, list(child.tags or [])) if checkpoint_format == "compressed-tensors" else checkpoint_format
+        if found_method != method:
+            candidates.append(Candidate(child.id, False, f"made with {found_method or 'an unknown method'}, not {method}"))
+            continue
+        candidates.append(Candidate(child.id, True, f"{checkpoint_format} {bits}-bit {method} checkpoint of {base_id}"))
+        return candidates[-1], candidates
+    return None, candidates
+
+
+def download_quantized(repo_id: str, destination: Path, token: str | None = None) -> str:
+    """Download a quantized checkpoint's files into ``destination`` and return the revision used."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        revision = HfApi(token=token).model_info(repo_id).sha
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=_MODEL_FILES + ["recipe.yaml"], token=token)
+    except RepositoryNotFoundError as error:
+        raise ModelSourceError(f"quantized model {repo_id} not found on the Hub", "Check --quantized, or pass a token that can read it",
+                               repo_id=repo_id) from error
+    except (HfHubHTTPError, OSError) as error:
+        raise ModelSourceError(f"could not download quantized model {repo_id}: {_first_line(error)}",
+                               "Check the network, then rerun", repo_id=repo_id) from error
+    destination.mkdir(parents=True, exist_ok=True)
+    for item in Path(folder).iterdir():
+        if item.is_file() and item.name != "README.md":
+            shutil.copy2(item, destination / item.name)
+    return revision

@@ -141,7 +141,7 @@ def tiny_run_config(model_dir: Path, dataset: Path, **overrides):
     """A RunConfig sized for the tiny model: seconds per stage on CPU."""
     from repair.config import RunConfig
 
-    settings = dict(model=str(model_dir), bits=2, method="gptq", dataset=str(dataset), calibration_samples=4,
+    settings = dict(model=str(model_dir), bits=2, method="gptq", pull=False, dataset=str(dataset), calibration_samples=4,
                     calibration_length=64, train_problems=12, test_problems=6, budget=8, epochs=1.0,
                     batch_size=4, eval_batch_size=4)
     settings.update(overrides)
