@@ -200,6 +200,18 @@ def quantize(output, **kwargs):
     click.echo(f"Wrote {summary['method']} W{summary['bits']} (group size {summary['group_size']}) to {output}")
 
 
+@cli.command()
+@click.option("--token", default=None, help="Hub token to check; by default HF_TOKEN or the saved login.")
+def doctor(token):
+    """Print library versions, the device, what the Hub token may do (never the token), free disk and backends."""
+    from huggingface_hub import get_token
+
+    from repair.doctor import report
+
+    for item, finding in report(token or get_token()):
+        click.echo(f"{item:<28}{finding}")
+
+
 def _print_summary(run, result: dict | None) -> None:
     """Print one table of the run's figures and stage times on stdout."""
     stages = run.manifest["stages"]

