@@ -51,7 +51,7 @@ def linear_widths(model) -> dict[str, int]:
 
 
 def choose_group_size(model, requested: int | None) -> tuple[int, str]:
-    """Pick a group size that divides every quantized layer's input width, and say why."""
+    """Pick a group size that divides every quantized layer's input width; return it with the reason."""
     widths = linear_widths(model)
     if requested is not None:
         bad = sorted({width for width in widths.values() if width % requested})
@@ -214,8 +214,8 @@ def route_llmcompressor_logs() -> None:
 def load_quantized(checkpoint: Path | str, for_training: bool = False):
     """Load a compressed-tensors checkpoint decompressed to dense float32 weights.
 
-    PEFT has no LoRA layer for llm-compressor's packed weights; decompressed, each linear
-    layer holds weights on the quantization grid and LoRA trains on top of them.
+    PEFT has no LoRA layer for llm-compressor's packed weights. Decompressed, each linear
+    layer contains weights on the quantization grid, and LoRA trains on top of them.
     """
     import torch
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig

@@ -253,7 +253,7 @@ def load_tokenizer(path: Path | str, gguf_file: str | None = None, eos_token_id:
     """Load a tokenizer whose EOS and padding tokens agree with the model's config.
 
     Some tokenizers disagree with their model: SmolLM2's tokenizer read from GGUF names
-    ``<|im_start|>`` as EOS while the config says ``<|im_end|>``. TRL appends the tokenizer's EOS
+    ``<|im_start|>`` as EOS while the model config sets ``<|im_end|>``. TRL appends the tokenizer's EOS
     to training text, so the model's EOS wins here.
     """
     from transformers import AutoTokenizer
