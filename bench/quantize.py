@@ -35,7 +35,6 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     import torch
-    from transformers import AutoModelForCausalLM
 
     from repair.data import load_split
     from repair.measure import score_traces, summarize
