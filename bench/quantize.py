@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="../shared/data/gsm8k", help="Dataset with train and test splits.")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="Comma-separated method:bits pairs.")
     parser.add_argument("--test-problems", type=int, default=100, help="Held-out problems scored per model.")
-    parser.add_argument("--calibration-samples", type=int, default=64, help="Calibration problems per method.")
+    parser.add_argument("--calibration-samples", type=int, default=32, help="Calibration problems per method.")
     parser.add_argument("--calibration-length", type=int, default=256, help="Maximum tokens per calibration problem.")
     parser.add_argument("--work-dir", type=Path, default=None, help="Folder for the checkpoints (default: a temporary one).")
     args = parser.parse_args()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# Kept short on purpose: every scored or trained token also pays for the prompt.
 PROMPT_TEMPLATE = (
-    "Solve the following math problem step by step. Write each step on its own line, "
-    "starting with 'Step 1:', 'Step 2:' and so on, and finish with the line "
-    "'The answer is: <answer>'.\n\nProblem: {question}"
+    "Solve step by step: one line per step, starting 'Step 1:', 'Step 2:' and so on, "
+    "then the line 'The answer is: <answer>'.\n\n{question}"
 )
 ANSWER_PREFIX = "The answer is: "
 
