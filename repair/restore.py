@@ -58,6 +58,7 @@ def train_adapter(quantized_dir: Path, records: list[SilverRecord], output_dir: 
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     from repair.quantize import load_quantized
@@ -93,8 +94,13 @@ def train_adapter(quantized_dir: Path, records: list[SilverRecord], output_dir: 
             if progress is not None:
                 progress("train adapter", state.global_step, state.max_steps)
 
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            log.debug("step %d: %s", state.global_step, logs)
+
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[ForwardProgress()])
+    # With tqdm off, the Trainer prints every log line to stdout, which is for results only.
+    trainer.remove_callback(PrinterCallback)
 
     # Train and save
     start = time.perf_counter()

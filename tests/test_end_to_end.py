@@ -80,3 +80,9 @@ def test_token_never_written(pushed):
     for path in folder.rglob("*"):
         if path.is_file():
             assert token not in path.read_bytes(), path
+
+
+def test_stdout_holds_only_the_summary(pushed):
+    _, _, result = pushed
+    assert "'loss'" not in result.stdout
+    assert result.stdout.splitlines()[0].startswith("model")
