@@ -144,11 +144,13 @@ def push(namespace, name_prefix, private, output, push, **kwargs):
         repair push smollm2-135m --bits 3 --dataset openai/gsm8k --dataset-config main
         repair push smollm2-135m --bits 3 --dataset ./gsm8k --output out --no-push
     """
-    from repair.publish import publish
+    from repair.publish import preflight, publish
 
-    # Check publishing options before hours of work
+    # Check publishing options and the token's rights before hours of work
     publish_config = PublishConfig(namespace=namespace, private=private, push=push, output=output,
                                    token=kwargs["token"], name_prefix=name_prefix)
+    if not kwargs.get("dry_run"):
+        preflight(publish_config)
     run, _ = _build_run(kwargs)
     run.run("verify")
     result = publish(run, publish_config, command=_command_line())

@@ -354,15 +354,22 @@ def export_folders(plans: dict[RepoKind, RepoPlan], output: Path) -> dict[RepoKi
                        "Pass --output with a writable folder that has free space") from error
 
 
-def publish(run: Run, publish_config: PublishConfig, command: str) -> dict:
-    """Build, check and push (or export) the three repos of a finished run."""
-    # Check the token before building anything, so a bad token costs seconds.
+def preflight(publish_config: PublishConfig) -> str:
+    """Check the token and namespace before any work; return the namespace to publish under."""
     namespace = resolve_namespace(publish_config)
-    token = _token(publish_config)
     if publish_config.push:
+        token = _token(publish_config)
         if token is None:
             raise HubError("no Hub token found", "Log in with `hf auth login`, set HF_TOKEN, or pass --token")
         check_write_access(token, namespace)
+    return namespace
+
+
+def publish(run: Run, publish_config: PublishConfig, command: str) -> dict:
+    """Build, check and push (or export) the three repos of a finished run."""
+    # Check the token again: a run takes long enough for a token to be revoked.
+    namespace = preflight(publish_config)
+    token = _token(publish_config)
 
     # Build the folders in the run folder, then push or copy them
     plans = plan_repos(run, namespace, publish_config.name_prefix, run.root / "publish")

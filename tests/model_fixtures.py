@@ -14,7 +14,7 @@ import pytest
 DATA_ROOT = Path(os.environ.get("REPAIR_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 # Bump when the tiny model's recipe changes, so that the cached copy is rebuilt.
-TINY_MODEL_VERSION = 1
+TINY_MODEL_VERSION = 3
 # Small enough to train in seconds; 64 wide so that group size 64 divides every layer.
 TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)
@@ -75,7 +75,7 @@ def _fit_briefly(model, tokenizer, steps: int = 150) -> None:
 
     A freshly initialised model is almost uniform, so no token has a positive margin and
     quantization cannot flip anything. After this it agrees with about 30% of solution tokens,
-    and 2-bit GPTQ flips decision tokens in most problems.
+    and 2-bit GPTQ flips decision tokens in most problems (10 of 12 when checked).
     """
     import torch
     import torch.nn.functional as F
@@ -86,7 +86,7 @@ def _fit_briefly(model, tokenizer, steps: int = 150) -> None:
     for row in gsm8k_rows("train", 48):
         solution, answer = split_gsm8k_solution(row["answer"])
         traces.append(encode_trace(tokenizer, row["question"], solution, answer))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for step in range(steps):
         batch = traces[(step * 8) % len(traces):][:8]

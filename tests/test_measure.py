@@ -50,6 +50,6 @@ def test_scores_round_trip_and_summary(tiny_model, tokenizer, problems, tmp_path
     assert loaded == scores
     summary = summarize(scores)
     assert summary["tokens"] == sum(len(s.token_ids) for s in scores)
-    # A random model over a 49k vocabulary is close to uniform: NLL near ln(49152) = 10.8.
-    assert 9.0 < summary["nll"] < 12.5
-    assert 0.0 <= summary["top1_agreement"] < 0.2
+    # The briefly fitted tiny model is far from uniform (ln 49152 = 10.8) but far from perfect.
+    assert 1.0 < summary["nll"] < 4.0
+    assert 0.1 < summary["top1_agreement"] < 0.8

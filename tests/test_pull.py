@@ -11,7 +11,8 @@ from repair.publish import publish
 from repair.sources import find_quantized
 from repair.steps import Problem, split_gsm8k_solution
 
-BASE = "testorg/tiny-llama"
+# A base of its own, so that repos other tests publish for the tiny model are not candidates here.
+BASE = "testorg/tiny-llama-pull"
 
 
 def _card(tags):
@@ -19,10 +20,22 @@ def _card(tags):
 
 
 @pytest.fixture(scope="module")
-def hub_children(tiny_model_dir, hub_api, tmp_path_factory):
-    """Three quantized children of the tiny base on the stand-in: usable, wrong bits, unloadable format."""
+def pull_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with a card that names BASE as its Hub id."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("pull-base") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "README.md").write_text(f"---\nlicense: apache-2.0\nbase_model: {BASE}\n---\n# tiny\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hub_children(pull_model_dir, hub_api, tmp_path_factory):
+    """Three quantized children of BASE on the stand-in: usable, wrong bits, unloadable format."""
     from repair.quantize import quantize
 
+    tiny_model_dir = pull_model_dir
     root = tmp_path_factory.mktemp("children")
     problems = []
     for index, row in enumerate(gsm8k_rows("train", 4)):
@@ -63,8 +76,8 @@ def test_other_method_not_matched(hub_children):
     assert any(c.reason == "made with gptq, not awq" for c in candidates)
 
 
-def test_run_pulls_and_links_adapter(hub_children, tiny_model_dir, small_gsm8k, tmp_path):
-    run = Run(tiny_run_config(tiny_model_dir, small_gsm8k, pull=True), tmp_path / "run", token="hf_test_write")
+def test_run_pulls_and_links_adapter(hub_children, pull_model_dir, small_gsm8k, tmp_path):
+    run = Run(tiny_run_config(pull_model_dir, small_gsm8k, pull=True), tmp_path / "run", token="hf_test_write")
     run.run("verify")
     quantized = run.stage_summary("quantize")
     assert quantized["pulled_from"] == "testorg/tiny-gptq-w2"
@@ -78,7 +91,7 @@ def test_run_pulls_and_links_adapter(hub_children, tiny_model_dir, small_gsm8k, 
     assert adapter_config["base_model_name_or_path"] == "testorg/tiny-gptq-w2"
 
 
-def test_no_pull_quantizes(hub_children, tiny_model_dir, small_gsm8k, tmp_path):
-    run = Run(tiny_run_config(tiny_model_dir, small_gsm8k, pull=False), tmp_path / "run", token="hf_test_write")
+def test_no_pull_quantizes(hub_children, pull_model_dir, small_gsm8k, tmp_path):
+    run = Run(tiny_run_config(pull_model_dir, small_gsm8k, pull=False), tmp_path / "run", token="hf_test_write")
     run.run("quantize")
     assert run.stage_summary("quantize")["pulled_from"] is None
