@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 class RepairError(Exception):
-    """An error the user can fix: ``problem`` says what failed, ``fix`` what to do next."""
+    """An error the user can fix: ``problem`` names what failed and ``fix`` the next step."""
 
     exit_code = 1
 

@@ -69,17 +69,17 @@ class Run:
             raise RunFolderError(f"cannot create run folder {self.root}: {error.strerror}",
                                  "Pass --run-dir with a writable folder") from error
         config_file = self.root / "config.json"
-        wanted = self.config.to_dict()
+        expected = self.config.to_dict()
         if config_file.is_file():
             existing = json.loads(config_file.read_text())
-            if existing != wanted:
-                changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
+            if existing != expected:
+                changed = sorted(k for k in set(existing) | set(expected) if existing.get(k) != expected.get(k))
                 raise RunFolderError(
                     f"run folder {self.root} was made with other settings ({', '.join(changed)} differ)",
                     "Rerun with the same settings, or pass a new --run-dir",
                 )
         else:
-            self._write_json(config_file, wanted)
+            self._write_json(config_file, expected)
         if not (self.root / MANIFEST).is_file():
             self._write_json(self.root / MANIFEST, {"fingerprint": self.config.fingerprint(), "stages": {}})
 

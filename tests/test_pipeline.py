@@ -69,7 +69,8 @@ def test_failed_stage_leaves_no_partial_output(tiny_model_dir, small_gsm8k, tmp_
     monkeypatch.setattr(pipeline, "_quantize", broken_quantize)
     with pytest.raises(KeyboardInterrupt):
         run.run("quantize")
-    assert run.is_done("prepare") and not run.is_done("quantize")
+    assert run.is_done("prepare")
+    assert not run.is_done("quantize")
     assert not (run.root / "quantized").exists()
     assert not list(run.root.glob(".tmp-*"))
 

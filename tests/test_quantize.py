@@ -48,7 +48,7 @@ def test_quantized_checkpoint_on_grid(tiny_model_dir, tmp_path, method, bits):
 
     model = load_quantized(tmp_path / "q")
     weight = model.model.layers[0].mlp.up_proj.weight.detach()
-    # Each group of 64 input columns holds at most 2**bits distinct values.
+    # Each group of 64 input columns contains at most 2**bits distinct values.
     groups = weight.reshape(weight.shape[0], -1, 64)
     distinct = max(len(torch.unique(group)) for row in groups for group in row)
     assert distinct <= 2 ** bits

@@ -5,6 +5,7 @@ Needs Debian's chromium (``apt-get install chromium``) and the pinned ``playwrig
 needed. Chromium resolves no host name but 127.0.0.1 and localhost.
 """
 
+import contextlib
 import os
 import shutil
 import socket
@@ -38,6 +39,18 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _served(demo, options: dict):
+    """Launch ``demo`` on a free loopback port, yield its URL, and close it afterwards."""
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True,
+                **options)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
 @pytest.fixture
 def browser():
     if not CHROMIUM.is_file():
@@ -59,14 +72,9 @@ def app_url(tmp_path, tiny_model_dir, small_gsm8k):
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
         from ui.app import build_ui, launch_options
 
-        demo = build_ui(run_defaults, tmp_path / "work", in_space=False)
-        port = _free_port()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False,
-                    quiet=True, **launch_options())
-        try:
-            yield f"http://127.0.0.1:{port}/"
-        finally:
-            demo.close()
+
+        with _served(build_ui(run_defaults, tmp_path / "work", in_space=False), launch_options()) as url:
+            yield url
 
 
 @pytest.fixture
@@ -93,14 +101,9 @@ def space_app_url(tmp_path):
         patch.setattr(gradio.http_server, "get_space", lambda: None)
         from ui.app import build_ui, launch_options
 
-        demo = build_ui(work_dir=tmp_path / "work")
-        port = _free_port()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False,
-                    quiet=True, **launch_options())
-        try:
-            yield f"http://127.0.0.1:{port}/"
-        finally:
-            demo.close()
+
+        with _served(build_ui(work_dir=tmp_path / "work"), launch_options()) as url:
+            yield url
 
 
 def _save_screenshot(page, tmp_path: Path, name: str = "ui-results.png") -> Path:
