@@ -54,6 +54,12 @@ def _run_options(command):
                      help="Run folder; by default repair-runs/<model>-<method>-w<bits>-<hash>. Rerunning resumes it."),
         click.option("--token", default=None, help="Hub token; by default HF_TOKEN or the saved login. Never written anywhere."),
         click.option("--dry-run", is_flag=True, help="Print the recipe, the checkpoint that would be pulled, and memory and disk estimates, then stop."),
+        click.option("--trust-remote-code", is_flag=True,
+                     help="Run Python code shipped with the model (auto_map in its config.json). Read it first."),
+        click.option("--allow-pickle", is_flag=True,
+                     help="Load .bin/.pt/.pth/.ckpt weights, whose unpickling can run code, when no safetensors exist."),
+        click.option("--skip-memory-check", is_flag=True,
+                     help="Load the model even when its float32 weights, held twice, exceed the available memory."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -63,6 +69,7 @@ def _run_options(command):
 def _build_run(kwargs: dict):
     from repair.pipeline import Run
     from repair.progress import TqdmProgress
+    from repair.sources import LoadPolicy
 
     token = kwargs.pop("token")
     run_dir = kwargs.pop("run_dir")
@@ -80,7 +87,10 @@ def _build_run(kwargs: dict):
 
         click.echo(dry_run_report(config, token))
         sys.exit(0)
-    run = Run(config, run_dir, token=token, progress=TqdmProgress(disable=bool(os.environ.get("REPAIR_NO_PROGRESS"))))
+    policy = LoadPolicy(trust_remote_code=kwargs.pop("trust_remote_code"), allow_pickle=kwargs.pop("allow_pickle"),
+                        check_memory=not kwargs.pop("skip_memory_check"))
+    run = Run(config, run_dir, token=token, progress=TqdmProgress(disable=bool(os.environ.get("REPAIR_NO_PROGRESS"))),
+              load_policy=policy)
     log.info("Run folder: %s", run.root)
     return run, token
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from repair.config import STAGES, RunConfig, Stage
 from repair.errors import RunFolderError
 from repair.progress import ProgressCallback
+from repair.sources import LoadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,13 @@ class Run:
     """A run folder bound to one configuration."""
 
     def __init__(self, config: RunConfig, root: Path | None = None, token: str | None = None,
-                 progress: ProgressCallback | None = None):
+                 progress: ProgressCallback | None = None, load_policy: LoadPolicy | None = None):
         self.config = config
         self.root = Path(root) if root is not None else default_run_dir(config)
         self.token = token  # used for Hub downloads only; never written to the run folder
         self.progress = progress
+        # Safety switches for loading the model; they change no result, so they are not in config.json.
+        self.load_policy = load_policy or LoadPolicy()
         self._open()
 
     # Paths of the artifacts
@@ -198,8 +201,8 @@ def _prepare(run: Run, tmp: Path) -> dict:
     _save_problems(test.problems, tmp / "problems" / "test.jsonl")
 
     # The reference model, saved once as safetensors
-    source = resolve_model(config.model, run.token)
-    model, tokenizer = load_reference(source)
+    source = resolve_model(config.model, run.token, run.load_policy)
+    model, tokenizer = load_reference(source, run.load_policy)
     save_reference(model, tokenizer, tmp / "reference")
     parameters = sum(p.numel() for p in model.parameters())
     return {

@@ -25,6 +25,20 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # Files a causal LM needs. Pickle weights (*.bin, *.pt) are left out on purpose: loading them runs code.
 _MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "*.txt", "README.md"]
+# Weight files in Python's pickle format: unpickling can run arbitrary code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# Copies of the float32 weights held at once: GGUF dequantization and quantization each keep two.
+MEMORY_COPIES = 2
+FLOAT32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class LoadPolicy:
+    """What loading a model may do beyond reading safetensors and a config."""
+
+    trust_remote_code: bool = False  # run Python code shipped with the model (config.json auto_map)
+    allow_pickle: bool = False  # load .bin/.pt/.pth/.ckpt weights, which unpickling can turn into code
+    check_memory: bool = True  # refuse a model whose float32 weights do not fit in available memory
 
 
 @dataclass(frozen=True)
@@ -64,8 +78,13 @@ class ModelSource:
         return f"{self.kind} {self.spec}"
 
 
-def resolve_model(spec: str, token: str | None = None) -> ModelSource:
-    """Find the files of ``spec``, downloading a Hub model into the usual cache."""
+def resolve_model(spec: str, token: str | None = None, policy: LoadPolicy | None = None) -> ModelSource:
+    """Find the files of ``spec``, downloading a Hub model into the usual cache.
+
+    With ``policy``, the model is also checked before any weights are read or downloaded: remote
+    code, pickle-only weights and the memory estimate (see ``check_loadable``).
+    """
+    policy = policy or LoadPolicy()
     spec = spec.strip()
     path = Path(spec).expanduser()
 
@@ -74,21 +93,110 @@ def resolve_model(spec: str, token: str | None = None) -> ModelSource:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelSourceError(f"GGUF file {spec} not found", "Check the path")
-        return ModelSource(spec=spec, kind="gguf", path=path.parent.resolve(), gguf_file=path.name,
-                           license=_license_from_card(path.parent))
+        source = ModelSource(spec=spec, kind="gguf", path=path.parent.resolve(), gguf_file=path.name,
+                             license=_license_from_card(path.parent))
+        check_loadable(source, policy, [path.name])
+        return source
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"folder {spec} has no config.json", "Point to a saved transformers model folder")
-        return ModelSource(spec=spec, kind="folder", path=path.resolve(), license=_license_from_card(path),
-                           hub_id=_hub_id_from_card(path))
+        source = ModelSource(spec=spec, kind="folder", path=path.resolve(), license=_license_from_card(path),
+                             hub_id=_hub_id_from_card(path))
+        check_loadable(source, policy, [item.name for item in path.iterdir()])
+        return source
     if _HUB_ID.match(spec):
-        return _resolve_hub(spec, token)
+        return _resolve_hub(spec, token, policy)
     if "/" in spec or spec.startswith("."):
         raise ModelSourceError(f"model path {spec} not found", "Check the path, or give a Hub id such as org/name")
     raise ModelSourceError(
         f"unknown model alias {spec!r}",
         f"Use a built-in alias ({', '.join(BUILTIN_MODELS)}), a Hub id such as org/name, or a local path",
     )
+
+
+def check_loadable(source: ModelSource, policy: LoadPolicy, filenames: list[str]) -> None:
+    """Raise ``ModelSourceError`` before any weights are read if loading ``source`` would break ``policy``.
+
+    ``source.path`` needs only the config; ``filenames`` lists the model's files, which may not be
+    downloaded yet. Checked in order: remote code, architecture, pickle-only weights, memory.
+    """
+    check_causal_lm(source, policy)
+    pickles = sorted(name for name in filenames if Path(name).suffix in PICKLE_SUFFIXES)
+    has_safetensors = any(name.endswith(".safetensors") for name in filenames)
+    if pickles and not has_safetensors and not policy.allow_pickle and source.gguf_file is None:
+        raise ModelSourceError(
+            f"model {source.spec} has no safetensors weights, only pickle files ({', '.join(pickles)}), "
+            "which can run code when loaded",
+            "Pick a repo that ships .safetensors files, or pass --allow-pickle if you trust its author",
+            repo_id=source.hub_id,
+        )
+    if policy.check_memory:
+        check_memory(source, policy)
+
+
+def check_remote_code(source: ModelSource, policy: LoadPolicy) -> None:
+    """Raise ``ModelSourceError`` if the model's config.json maps its classes to code shipped with it."""
+    config_file = source.path / "config.json"
+    if policy.trust_remote_code or source.gguf_file is not None or not config_file.is_file():
+        return
+    try:
+        auto_map = json.loads(config_file.read_text()).get("auto_map")
+    except (ValueError, AttributeError):
+        return  # AutoConfig reports the unreadable file with its own message
+    if auto_map:
+        raise ModelSourceError(
+            f"model {source.spec} ships its own Python code (auto_map in config.json), which is not run by default",
+            "Read the code first, then pass --trust-remote-code to run it",
+            repo_id=source.hub_id,
+        )
+
+
+def available_memory() -> int:
+    """Return the bytes of memory available to new allocations: psutil's figure, else MemAvailable."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        return int(psutil.virtual_memory().available)
+    # NOTE: neither figure knows about a container's cgroup memory limit.
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("MemAvailable is missing from /proc/meminfo")
+
+
+def count_parameters(source: ModelSource, policy: LoadPolicy | None = None) -> int:
+    """Count the model's parameters from its config alone, on the meta device (no weights read)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    policy = policy or LoadPolicy()
+    settings = model_config(source, policy)
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(settings, trust_remote_code=policy.trust_remote_code)
+    empty.tie_weights()
+    return empty.num_parameters()
+
+
+def check_memory(source: ModelSource, policy: LoadPolicy | None = None) -> None:
+    """Raise ``ModelSourceError`` if the float32 weights, held twice, exceed the available memory."""
+    parameters = count_parameters(source, policy)
+    needed = parameters * FLOAT32_BYTES * MEMORY_COPIES
+    try:
+        available = available_memory()
+    except OSError as error:
+        log.warning("Could not read the available memory (%s); skipping the memory check", error)
+        return
+    log.info("Memory estimate for %s: %.1f GB (%.0fM parameters), %.1f GB available",
+             source.spec, needed / 1e9, parameters / 1e6, available / 1e9)
+    if needed > available:
+        raise ModelSourceError(
+            f"model {source.spec} needs about {needed / 1e9:.1f} GB of memory ({parameters / 1e9:.2f}B parameters "
+            f"in float32, {MEMORY_COPIES} copies while quantizing), but only {available / 1e9:.1f} GB is available",
+            "Pick a smaller model or free memory, or pass --skip-memory-check to try anyway",
+            repo_id=source.hub_id,
+        )
 
 
 def _resolve_builtin(alias: str) -> ModelSource:
@@ -111,9 +219,10 @@ def _resolve_builtin(alias: str) -> ModelSource:
                        hub_id=builtin.hub_id, license=builtin.license)
 
 
-def _resolve_hub(repo_id: str, token: str | None) -> ModelSource:
-    from huggingface_hub import HfApi, snapshot_download
+def _resolve_hub(repo_id: str, token: str | None, policy: LoadPolicy) -> ModelSource:
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.errors import (
+        EntryNotFoundError,
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
@@ -123,7 +232,13 @@ def _resolve_hub(repo_id: str, token: str | None) -> ModelSource:
 
     try:
         info = HfApi(token=token).model_info(repo_id)
-        folder = snapshot_download(repo_id, revision=info.sha, allow_patterns=_MODEL_FILES, token=token)
+        # The config alone decides remote code, pickle and memory, before any weights are downloaded.
+        config_path = Path(hf_hub_download(repo_id, "config.json", revision=info.sha, token=token))
+        check_loadable(ModelSource(spec=repo_id, kind="hub", path=config_path.parent, hub_id=repo_id), policy,
+                       [sibling.rfilename for sibling in info.siblings or []])
+        patterns = _MODEL_FILES + (["*.py"] if policy.trust_remote_code else [])
+        patterns += [f"*{suffix}" for suffix in PICKLE_SUFFIXES] if policy.allow_pickle else []
+        folder = snapshot_download(repo_id, revision=info.sha, allow_patterns=patterns, token=token)
     except GatedRepoError as error:
         raise ModelSourceError(
             f"model {repo_id} is gated and this token has no access",
@@ -138,6 +253,9 @@ def _resolve_hub(repo_id: str, token: str | None) -> ModelSource:
         ) from error
     except RevisionNotFoundError as error:
         raise ModelSourceError(f"model {repo_id} has no main revision", "Check the id", repo_id=repo_id) from error
+    except EntryNotFoundError as error:
+        raise ModelSourceError(f"model {repo_id} has no config.json", "Pick a transformers causal LM repo",
+                               repo_id=repo_id) from error
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
         raise ModelSourceError(
             f"could not download model {repo_id}: {_first_line(error)}",
@@ -148,7 +266,10 @@ def _resolve_hub(repo_id: str, token: str | None) -> ModelSource:
     folder_path = Path(folder)
     if not (folder_path / "config.json").is_file():
         raise ModelSourceError(f"model {repo_id} has no config.json", "Pick a transformers causal LM repo", repo_id=repo_id)
-    if not list(folder_path.glob("*.safetensors")):
+    weights = list(folder_path.glob("*.safetensors"))
+    if policy.allow_pickle:
+        weights += [item for item in folder_path.iterdir() if item.suffix in PICKLE_SUFFIXES]
+    if not weights:
         raise ModelSourceError(
             f"model {repo_id} has no safetensors weights",
             "Pick a repo that ships .safetensors files; pickle weights are not loaded",
@@ -204,37 +325,48 @@ def resolve_model_metadata(spec: str, token: str | None = None) -> ModelSource:
     return ModelSource(spec=spec, kind="hub", path=folder, hub_id=spec, license=card.get("license"))
 
 
-def model_config(source: ModelSource):
+def model_config(source: ModelSource, policy: LoadPolicy | None = None):
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
+    trust = policy.trust_remote_code if policy is not None else False
+    return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=trust)
 
 
-def check_causal_lm(source: ModelSource) -> None:
+def check_causal_lm(source: ModelSource, policy: LoadPolicy | None = None) -> None:
     """Raise ``ModelSourceError`` unless the model is a causal LM that transformers can load."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    policy = policy or LoadPolicy()
+    check_remote_code(source, policy)
     try:
-        config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
+        config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file,
+                                            trust_remote_code=policy.trust_remote_code)
     except (ValueError, OSError, KeyError) as error:
         raise ModelSourceError(f"cannot read the config of {source.spec}: {_first_line(error)}",
                                "Check that it is a transformers model") from error
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not policy.trust_remote_code:
         raise ModelSourceError(
             f"{source.spec} is a {config.model_type!r} model, not a causal language model",
             "Pick a decoder-only text-generation model such as a Llama, Qwen or SmolLM checkpoint",
         )
 
 
-def load_reference(source: ModelSource):
+def load_reference(source: ModelSource, policy: LoadPolicy | None = None):
     """Load the full-precision model and tokenizer in float32, with GGUF weights dequantized."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    check_causal_lm(source)
+    policy = policy or LoadPolicy()
+    check_causal_lm(source, policy)
     log.info("Loading %s", source.describe())
-    model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+    # NOTE: with --trust-remote-code only this load runs the model's code. The saved reference keeps
+    # the custom config, and later stages load it without trust_remote_code, so such a run may still fail there.
+    model = AutoModelForCausalLM.from_pretrained(
+        source.path, gguf_file=source.gguf_file, dtype=torch.float32, trust_remote_code=policy.trust_remote_code,
+        # safetensors only, unless pickle weights are allowed: transformers would otherwise fall back to .bin
+        use_safetensors=None if policy.allow_pickle or source.gguf_file else True,
+    )
     tokenizer = load_tokenizer(source.path, gguf_file=source.gguf_file, eos_token_id=model.config.eos_token_id)
 
     if source.gguf_file is not None:
