@@ -34,7 +34,7 @@ FLOAT32_BYTES = 4
 
 @dataclass(frozen=True)
 class LoadPolicy:
-    """What loading a model may do beyond reading safetensors and a config."""
+    """Permissions for loading a model beyond reading safetensors and a config."""
 
     trust_remote_code: bool = False  # run Python code shipped with the model (config.json auto_map)
     allow_pickle: bool = False  # load .bin/.pt/.pth/.ckpt weights, which unpickling can turn into code
@@ -159,7 +159,7 @@ def available_memory() -> int:
         psutil = None
     if psutil is not None:
         return int(psutil.virtual_memory().available)
-    # NOTE: neither figure knows about a container's cgroup memory limit.
+    # NOTE: neither figure accounts for a container's cgroup memory limit.
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
@@ -364,7 +364,7 @@ def load_reference(source: ModelSource, policy: LoadPolicy | None = None):
     # the custom config, and later stages load it without trust_remote_code, so such a run may still fail there.
     model = AutoModelForCausalLM.from_pretrained(
         source.path, gguf_file=source.gguf_file, dtype=torch.float32, trust_remote_code=policy.trust_remote_code,
-        # safetensors only, unless pickle weights are allowed: transformers would otherwise fall back to .bin
+        # Safetensors only, unless pickle weights are allowed, because transformers would otherwise fall back to .bin.
         use_safetensors=None if policy.allow_pickle or source.gguf_file else True,
     )
     tokenizer = load_tokenizer(source.path, gguf_file=source.gguf_file, eos_token_id=model.config.eos_token_id)

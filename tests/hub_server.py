@@ -909,7 +909,13 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def route_resolve(self, repo_type: str, namespace: str, name: str, rev: str, path: str) -> None:
         with self.server.store.lock:
-            sha, commit = self._commit_at(self._repo(repo_type, namespace, name), rev)
+            repo = self._repo(repo_type, namespace, name)
+            # Like the Hub, a gated repo lists its files to anyone but serves them only to accounts with
+            # access. NOTE: the stand-in grants access to the owning namespace only; it has no access requests.
+            if repo["gated"] and not (self.account is not None and self.account.owns(namespace)):
+                message = f"Access to {repo_type} {repo['id']} is restricted. You must have access to it."
+                raise HubError(403, message, "GatedRepo")
+            sha, commit = self._commit_at(repo, rev)
         entry = commit["files"].get(path)
         if entry is None:
             # X-Repo-Commit on the 404 lets the client cache the miss under .no_exist/<sha>.
