@@ -19,6 +19,7 @@ from typing import Literal
 from repair.config import PublishConfig, check_repo_name
 from repair.errors import HubError, StageError
 from repair.pipeline import Run
+from repair.retry import call_with_retries
 from repair.silver import DATA_FILE
 from repair.steps import PROMPT_TEMPLATE, format_solution
 
@@ -276,18 +277,19 @@ def _token(publish: PublishConfig) -> str | None:
 
 
 def _whoami(token: str) -> dict:
+    import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        return HfApi(token=token).whoami()
+        return call_with_retries(HfApi(token=token).whoami, "token check")
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else None
         if status == 401:
             raise HubError("the Hub token is invalid or expired", "Create a new token with write access and pass it with --token or HF_TOKEN") from error
         raise HubError(f"the Hub rejected the token check: {_short(error)}", "Check the network, then rerun") from error
-    except OSError as error:
-        raise HubError(f"cannot reach the Hub: {error}", "Check the network, then rerun; the run folder keeps all results") from error
+    except (OSError, httpx.HTTPError) as error:
+        raise HubError(f"cannot reach the Hub: {_short(error)}", "Check the network, then rerun; the run folder keeps all results") from error
 
 
 def _short(error: Exception) -> str:
@@ -308,6 +310,7 @@ def check_write_access(token: str, namespace: str) -> None:
 
 def push_repos(plans: dict[RepoKind, RepoPlan], token: str, private: bool) -> dict[RepoKind, str]:
     """Create each repo and upload its folder in a single commit, so no repo is left half-written."""
+    import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -319,16 +322,19 @@ def push_repos(plans: dict[RepoKind, RepoPlan], token: str, private: bool) -> di
             urls[kind] = f"{api.endpoint}/{plan.url_path}"
             continue
         try:
-            api.create_repo(plan.repo_id, repo_type=plan.repo_type, private=private, exist_ok=True)
-            commit = api.upload_folder(repo_id=plan.repo_id, repo_type=plan.repo_type, folder_path=plan.folder,
-                                       commit_message=f"Upload {kind} from repair")
+            call_with_retries(lambda: api.create_repo(plan.repo_id, repo_type=plan.repo_type, private=private,
+                                                      exist_ok=True), "repo creation", plan.repo_id)
+            commit = call_with_retries(
+                lambda: api.upload_folder(repo_id=plan.repo_id, repo_type=plan.repo_type, folder_path=plan.folder,
+                                          commit_message=f"Upload {kind} from repair"),
+                "upload", plan.repo_id)
         except HfHubHTTPError as error:
             status = error.response.status_code if error.response is not None else None
             fix = ("Check that the token may write to this namespace" if status in (401, 403)
                    else "Rerun the same command: finished stages are kept and uploads are single commits")
             raise HubError(f"upload of {plan.repo_id} failed: {_short(error)}", fix, repo_id=plan.repo_id) from error
-        except OSError as error:
-            raise HubError(f"upload of {plan.repo_id} failed: {error}", "Check the network, then rerun the same command",
+        except (OSError, httpx.HTTPError) as error:
+            raise HubError(f"upload of {plan.repo_id} failed: {_short(error)}", "Check the network, then rerun the same command",
                            repo_id=plan.repo_id) from error
         urls[kind] = f"{api.endpoint}/{plan.url_path}"
         log.info("Published %s at %s (%s)", kind, urls[kind], commit.oid if hasattr(commit, "oid") else commit)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from repair.errors import ModelSourceError
+from repair.retry import call_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -220,18 +221,19 @@ def _resolve_builtin(alias: str) -> ModelSource:
 
 
 def _resolve_hub(repo_id: str, token: str | None, policy: LoadPolicy) -> ModelSource:
+    import httpx
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.errors import (
-        EntryNotFoundError,
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
     try:
-        info = HfApi(token=token).model_info(repo_id)
+        info = call_with_retries(lambda: HfApi(token=token).model_info(repo_id), "model lookup", repo_id)
         # The config alone decides remote code, pickle and memory, before any weights are downloaded.
         config_path = Path(hf_hub_download(repo_id, "config.json", revision=info.sha, token=token))
         check_loadable(ModelSource(spec=repo_id, kind="hub", path=config_path.parent, hub_id=repo_id), policy,
@@ -253,10 +255,10 @@ def _resolve_hub(repo_id: str, token: str | None, policy: LoadPolicy) -> ModelSo
         ) from error
     except RevisionNotFoundError as error:
         raise ModelSourceError(f"model {repo_id} has no main revision", "Check the id", repo_id=repo_id) from error
-    except EntryNotFoundError as error:
+    except RemoteEntryNotFoundError as error:
         raise ModelSourceError(f"model {repo_id} has no config.json", "Pick a transformers causal LM repo",
                                repo_id=repo_id) from error
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, httpx.HTTPError) as error:
         raise ModelSourceError(
             f"could not download model {repo_id}: {_first_line(error)}",
             "Check the network and the Hub status, then rerun; finished downloads are kept in the cache",
