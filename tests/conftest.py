@@ -67,6 +67,12 @@ def hub_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def hub_storage() -> Path:
+    """The stand-in's storage folder: every published file, the repos' metadata and the server log."""
+    return HUB.root
+
+
+@pytest.fixture(scope="session")
 def hub_api(hub_url) -> HfApi:
     return HfApi(endpoint=hub_url, token="hf_test_write")
 
