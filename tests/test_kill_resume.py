@@ -14,7 +14,7 @@ from model_fixtures import tiny_run_config
 from repair.config import STAGES
 
 CLI = Path(__file__).resolve().parents[1] / "cli.py"
-POLL_SECONDS = 0.005  # the shortest stage (silver) takes a few hundred ms, so a finer poll catches it
+POLL_SECONDS = 0.005  # fine enough to catch the silver stage, which can finish in well under a second
 STAGE_TIMEOUT = 300  # seconds for one CLI process to reach the stage it is killed in
 
 
