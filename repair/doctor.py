@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import shutil
 from importlib import metadata
@@ -12,6 +13,7 @@ PACKAGES = ("repair", "torch", "transformers", "llmcompressor", "compressed-tens
 # Optional backends and what each adds.
 BACKENDS = {
     "gptqmodel": "loading GPTQ/AWQ packed checkpoints from the Hub",
+    "hf_xet": "Xet transfers to and from the Hub",
     "playwright": "the browser test of the web app",
 }
 
@@ -21,6 +23,18 @@ def _version(package: str) -> str:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+def backend_status(module: str) -> str:
+    """Import ``module`` and return whether it loads, is missing, or fails to load and why."""
+    if importlib.util.find_spec(module) is None:
+        return "not installed"
+    try:
+        importlib.import_module(module)
+    except Exception as error:  # a broken backend can raise anything at import; report it, do not stop
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return f"installed but fails to load: {type(error).__name__}: {first_line}"
+    return "loads"
 
 
 def token_status(token: str | None) -> str:
@@ -56,8 +70,7 @@ def report(token: str | None, folder: Path = Path(".")) -> list[tuple[str, str]]
     free = shutil.disk_usage(folder.resolve()).free
     rows.append(("free disk", f"{free / 1e9:.1f} GB in {folder.resolve()}"))
     for module, purpose in BACKENDS.items():
-        found = importlib.util.find_spec(module) is not None
-        rows.append((f"backend {module}", ("available" if found else "not installed") + f" ({purpose})"))
+        rows.append((f"backend {module}", f"{backend_status(module)} ({purpose})"))
     from repair.sources import BUILTIN_MODELS, _resolve_builtin
     from repair.errors import ModelSourceError
 

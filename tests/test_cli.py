@@ -1,5 +1,7 @@
 """The command line: bad input ends with one line, a non-zero exit code, and nothing published."""
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
@@ -86,3 +88,33 @@ def test_doctor_invalid_token(runner):
     result = runner.invoke(cli, ["doctor", "--token", "hf_not_a_token"])
     assert result.exit_code == 0
     assert "the Hub rejected it (HTTP 401)" in result.stdout
+
+
+def test_doctor_reports_every_item(runner):
+    result = runner.invoke(cli, ["doctor", "--token", "hf_test_write"])
+    assert result.exit_code == 0, result.output
+    rows = {line[:28].strip(): line[28:] for line in result.stdout.splitlines()}
+    for package in ("torch", "transformers", "huggingface_hub", "peft", "trl", "gradio"):
+        assert re.fullmatch(r"\d+\.\d+.*", rows[package]), rows[package]
+    assert rows["device"].startswith(("CPU only, ", "CUDA: "))
+    assert rows["Hub token"] == "present: user testuser, role write, organisations testorg"
+    assert re.fullmatch(r"\d+\.\d GB in /.*", rows["free disk"])
+    assert rows["backend playwright"] == "loads (the browser test of the web app)"
+    assert rows["backend gptqmodel"].startswith(("not installed", "loads", "installed but fails to load"))
+    assert "hf_test_write" not in result.output
+
+
+def test_doctor_backend_that_fails_to_load(tmp_path, monkeypatch):
+    from repair.doctor import backend_status
+
+    (tmp_path / "broken_backend.py").write_text("raise ImportError('needs libfoo.so')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert backend_status("broken_backend") == "installed but fails to load: ImportError: needs libfoo.so"
+    assert backend_status("no_such_backend_anywhere") == "not installed"
+
+
+def test_doctor_without_token(runner, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    result = runner.invoke(cli, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "no token (set HF_TOKEN or run `hf auth login` to publish)" in result.stdout
