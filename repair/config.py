@@ -23,6 +23,8 @@ SUPPORTED_BITS = (2, 3, 4, 8)
 # The Hub's rule for a repo name: letters, digits, '-', '_', '.', at most 96 characters,
 # and no leading or trailing '-' or '.'.
 _REPO_NAME = re.compile(r"^(?![-.])[A-Za-z0-9_.-]{1,96}(?<![-.])$")
+# A Hub repo id: namespace/name, each part made of the characters above.
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def _help(text: str, **kwargs) -> dict:
@@ -88,6 +90,9 @@ class RunConfig:
             raise ConfigError("--epochs and --learning-rate must be positive", "Pass positive values")
         if not self.model.strip():
             raise ConfigError("the model is empty", "Pass a Hub model id, a local folder, a .gguf file or smollm2-135m")
+        if self.quantized_repo is not None and (not _REPO_ID.match(self.quantized_repo) or ".." in self.quantized_repo):
+            raise ConfigError(f"--quantized {self.quantized_repo!r} is not a valid Hub repo id",
+                              "Give the id of a quantized model repo as namespace/name")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

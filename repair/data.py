@@ -51,8 +51,11 @@ def load_split(dataset: str, split: Split, config_name: str | None = None, limit
     path = Path(dataset).expanduser()
     if path.exists():
         rows, dropped, source = _read_local(path, split)
-    elif "/" in dataset and not dataset.startswith((".", "/")):
+    elif re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*", dataset) and ".." not in dataset:
         rows, dropped, source = _read_hub(dataset, split, config_name, token)
+    elif "/" in dataset:
+        raise DatasetError(f"dataset {dataset} is neither a local file or folder nor a valid Hub dataset id",
+                           "Check the path, or give a Hub id as namespace/name such as openai/gsm8k")
     else:
         raise DatasetError(f"dataset {dataset} not found", "Give a Hub dataset id such as openai/gsm8k, or a local file or folder")
 
