@@ -1,4 +1,8 @@
-"""`repair push` killed with SIGKILL in every stage, then rerun: it resumes and ends as an uninterrupted run."""
+"""`repair push` killed with SIGKILL in every stage, then rerun: it resumes and ends as an uninterrupted run.
+
+Between the kills and the last run, the Hub stand-in fails the adapter's upload: the run reports it in
+one line, and the rerun publishes without recomputing anything.
+"""
 
 import json
 import os
@@ -58,6 +62,11 @@ def _kill_in_stage(arguments: list[str], run_dir: Path, stage: str, log_path: Pa
     return stage not in _finished(run_dir)
 
 
+def _run_cli(arguments: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(CLI), *arguments], capture_output=True, text=True,
+                          env={**os.environ, "REPAIR_NO_PROGRESS": "1"}, timeout=STAGE_TIMEOUT)
+
+
 def _summaries(run_dir: Path) -> dict:
     """Return the manifest's stage summaries without the timings, which differ between runs."""
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
@@ -74,7 +83,7 @@ def _tensors(path: Path) -> dict:
     return load_file(path)
 
 
-def test_killed_in_every_stage_resumes(tiny_model_dir, small_gsm8k, tmp_path, hub_api):
+def test_killed_in_every_stage_resumes(tiny_model_dir, small_gsm8k, tmp_path, hub_api, hub_faults):
     import pyarrow.parquet as pq
     import torch
 
@@ -97,12 +106,26 @@ def test_killed_in_every_stage_resumes(tiny_model_dir, small_gsm8k, tmp_path, hu
     # A kill can land just after a stage finished; most must land inside one.
     assert len(killed_unfinished) >= len(STAGES) - 2, killed_unfinished
 
-    # The last rerun finishes and publishes.
-    final = subprocess.run([sys.executable, str(CLI), *arguments], capture_output=True, text=True,
-                           env={**os.environ, "REPAIR_NO_PROGRESS": "1"}, timeout=STAGE_TIMEOUT)
+    # The next rerun finishes the stages, but the Hub keeps failing the adapter's commit.
+    adapter = "testuser/kill-resume-repair-lora"
+    hub_faults.add_fault(f"^/api/models/{adapter}/commit/main$", 503, method="POST", count=5,
+                         headers={"Retry-After": "0"})
+    failed = _run_cli(arguments)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors == [f"Error: upload of {adapter} failed 5 times, last with HTTP 503. Wait a few minutes, "
+                      "then rerun the same command; finished stages are kept."]
+    assert f"upload of {adapter} failed (HTTP 503); retry 4 of 4 in 0.0 s" in failed.stderr
+    assert _finished(run_dir) == list(STAGES)
+    assert [commit.title for commit in hub_api.list_repo_commits(adapter)] == ["initial commit"]
+
+    # The last rerun recomputes nothing and publishes.
+    final = _run_cli(arguments)
     assert final.returncode == 0, final.stderr[-3000:]
-    assert "adapter: testuser/kill-resume-repair-lora" in final.stdout
-    assert hub_api.repo_exists("testuser/kill-resume-repair-lora")
+    assert f"adapter: {adapter}" in final.stdout
+    assert "Stage verify already finished" in final.stderr
+    assert [commit.title for commit in hub_api.list_repo_commits(adapter)] == ["Upload adapter from repair",
+                                                                                 "initial commit"]
     assert not list(run_dir.glob(".tmp-*"))
 
     # Same settings, same results as the uninterrupted run
