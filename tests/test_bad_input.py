@@ -81,7 +81,7 @@ class Case:
     """One bad input: the CLI arguments after `repair`, the exit code and a pattern of the message.
 
     ``ui_pattern`` replaces ``pattern`` for the app where Click rejects the value before the library
-    does. ``disk`` names a disk fault installed for the case ("read-only" or "full"). With ``token``
+    does. ``disk`` names a disk fault installed for the case ("read-only", "full" or "full in stage"). With ``token``
     False, HF_TOKEN is unset.
     """
 
@@ -184,6 +184,9 @@ CASES = [
          r"cannot create run folder .*: Read-only file system\. Pass --run-dir with a writable folder", disk="read-only"),
     Case("full-run-disk", ["push", "smollm2-135m", "--bits", "4", "--dataset", GOOD], 1,
          r"cannot write .*config\.json: No space left on device\. Free disk space", disk="full"),
+    Case("full-disk-in-stage", ["push", "smollm2-135m", "--bits", "4", "--dataset", GOOD], 1,
+         r"the disk of .* is full during stage prepare\. Free disk space, then rerun the same command to resume",
+         disk="full in stage"),
     Case("quantize-bits-5", ["quantize", "smollm2-135m", "--bits", "5", "--output", "{root}/q"], 2,
          r"--bits 5 is not supported"),
 ]
@@ -201,7 +204,10 @@ def _arguments(case: Case, inputs: Path, tiny: Path) -> list[str]:
 
 
 def _install_disk_fault(monkeypatch, kind: str | None, under: Path) -> None:
-    """Make creating (read-only) or writing (full) anything under ``under`` fail as the OS would."""
+    """Make creating (read-only) or writing (full) files under ``under`` fail as the OS would.
+
+    "full in stage" fails only the writes into a stage's temporary folder, after the run folder exists.
+    """
     if kind is None:
         return
     prefix = str(under)
@@ -218,7 +224,7 @@ def _install_disk_fault(monkeypatch, kind: str | None, under: Path) -> None:
         real_write_text = Path.write_text
 
         def write_text(self, *args, **kwargs):
-            if str(self).startswith(prefix):
+            if str(self).startswith(prefix) and (kind == "full" or "/.tmp-" in str(self)):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
             return real_write_text(self, *args, **kwargs)
 
@@ -340,3 +346,27 @@ def test_malformed_lines_counted_and_rest_used(tmp_path):
     assert len(loaded.problems) == 3
     assert loaded.dropped == {"malformed JSON line": 1, "line is not a JSON object": 1}
     assert loaded.summary()["dropped"] == {"malformed JSON line": 1, "line is not a JSON object": 1}
+
+
+@pytest.mark.parametrize(("error_number", "reason"), [(errno.ENOSPC, "No space left on device"),
+                                                      (errno.EROFS, "Read-only file system")])
+def test_output_disk_errors(tmp_path, monkeypatch, error_number, reason):
+    import shutil
+
+    from repair.errors import HubError
+    from repair.publish import RepoPlan, export_folders
+
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "README.md").write_text("# repo\n")
+    plans = {"adapter": RepoPlan(kind="adapter", repo_id="testuser/repo", repo_type="model", folder=folder)}
+
+    def failing_copy(source, target, *args, **kwargs):
+        raise OSError(error_number, os.strerror(error_number), str(target))
+
+    # copytree binds copy2 as its default when shutil is imported, so the fault goes into copytree itself.
+    monkeypatch.setattr(shutil, "copytree", failing_copy)
+    with pytest.raises(HubError) as raised:
+        export_folders(plans, tmp_path / "out")
+    assert raised.value.message == (f"cannot write the repo folders to {tmp_path / 'out'}: {reason}. "
+                                    "Pass --output with a writable folder that has free space.")
