@@ -336,13 +336,19 @@ def test_run_folder_of_other_settings(inputs, tmp_path):
     assert "was made with other settings (bits differ). Rerun with the same settings, or pass a new --run-dir" in result.stderr
 
 
-def test_malformed_lines_counted_and_rest_used(tmp_path):
+def test_malformed_lines_counted_and_rest_used(tmp_path, caplog):
+    import logging
+
     from repair.data import load_split
 
     rows = gsm8k_rows("train", 3)
     text = json.dumps(rows[0]) + "\n{broken\n" + json.dumps(rows[1]) + "\n[1]\n" + json.dumps(rows[2]) + "\n"
     (tmp_path / "train.jsonl").write_text(text)
-    loaded = load_split(str(tmp_path), "train")
+    with caplog.at_level(logging.WARNING, logger="repair.data"):
+        loaded = load_split(str(tmp_path), "train")
+    warnings = [record.getMessage() for record in caplog.records if record.name == "repair.data"]
+    assert warnings == [f"Dropped rows from {tmp_path / 'train.jsonl'}: "
+                        "{'malformed JSON line': 1, 'line is not a JSON object': 1}"]
     assert len(loaded.problems) == 3
     assert loaded.dropped == {"malformed JSON line": 1, "line is not a JSON object": 1}
     assert loaded.summary()["dropped"] == {"malformed JSON line": 1, "line is not a JSON object": 1}
