@@ -331,13 +331,26 @@ def _locate(run: Run, tmp: Path) -> dict:
 
 
 def _silver(run: Run, tmp: Path) -> dict:
-    from repair.locate import Frontier
-    from repair.silver import build_records, save_records
+    from repair.locate import Frontier, generate_rejected
+    from repair.quantize import load_quantized
+    from repair.silver import build_records, save_records, select_targets
     from repair.sources import load_tokenizer
 
+    config = run.config
     tokenizer = load_tokenizer(run.reference_dir)
+    problems = load_problems(run, "train")
     frontiers = [Frontier(**json.loads(line)) for line in (run.root / "frontiers.jsonl").read_text().splitlines()]
-    records, summary = build_records(tokenizer, load_problems(run, "train"), frontiers, run.config.budget)
+    targets = select_targets(problems, frontiers, config.selection, config.budget, config.seed)
+
+    # DPO needs the quantized model's own step at every target; the locate stage wrote it for frontiers only.
+    missing = [t for t in targets if not t.rejected.strip()]
+    if "dpo" in config.objective and missing:
+        generate_rejected(load_quantized(run.quantized_dir), tokenizer, {p.id: p for p in problems}, missing,
+                          config.eval_batch_size, progress=run.progress)
+
+    held_out = {p.id for p in load_problems(run, "test")}
+    records, summary = build_records(tokenizer, problems, targets, config.budget, config.selection, held_out)
+    summary["frontiers_available"] = len(frontiers)
     if not records:
         from repair.errors import StageError
 
@@ -356,23 +369,56 @@ def _restore(run: Run, tmp: Path) -> dict:
     config = run.config
     settings = TrainSettings(lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
                              learning_rate=config.learning_rate, epochs=config.epochs,
-                             batch_size=config.batch_size, max_length=config.max_length, seed=config.seed)
-    return train_adapter(run.quantized_dir, load_records(run.silver_dir), tmp / "adapter", settings, run.progress)
+                             batch_size=config.batch_size, max_length=config.max_length, seed=config.seed,
+                             dpo_beta=config.dpo_beta)
+    records = load_records(run.silver_dir)
+    summary = train_adapter(run.quantized_dir, records, tmp / "adapter", settings, run.progress, config.objective)
+    if config.control:
+        summary["control"] = train_adapter(run.reference_dir, records, tmp / "control-adapter", settings, run.progress,
+                                           config.objective, base="reference")
+    return summary
 
 
 def _verify(run: Run, tmp: Path) -> dict:
-    from repair.measure import load_scores, save_scores, score_traces
+    import gc
+
+    from peft import PeftModel
+
+    from repair.measure import load_scores, save_scores, score_traces, text_nll
+    from repair.quantize import load_quantized
     from repair.restore import load_repaired
     from repair.sources import load_tokenizer
     from repair.verify import compare
 
+    config = run.config
     tokenizer = load_tokenizer(run.reference_dir)
     problems = load_problems(run, "test")
+
+    # The repaired model (and the control) on the held-out problems, teacher forced
     repaired = load_repaired(run.quantized_dir, run.adapter_dir)
-    r = score_traces(repaired, tokenizer, problems, run.config.eval_batch_size, run.progress, desc="score repaired (test)")
+    r = score_traces(repaired, tokenizer, problems, config.eval_batch_size, run.progress, desc="score repaired (test)")
     save_scores(r, tmp / "measure" / "repaired_test.parquet")
+    control = None
+    if config.control:
+        control_model = PeftModel.from_pretrained(_load_reference_model(run.reference_dir), str(run.root / "control-adapter"))
+        control = score_traces(control_model.eval(), tokenizer, problems, config.eval_batch_size, run.progress,
+                               desc="score control (test)")
+        save_scores(control, tmp / "measure" / "control_test.parquet")
     result = compare(load_scores(run.measure_dir / "reference_test.parquet"),
-                     load_scores(run.measure_dir / "quantized_test.parquet"), r)
+                     load_scores(run.measure_dir / "quantized_test.parquet"), r, control)
+
+    # Non-math text, so that a repair that damages general language shows
+    if config.general_text:
+        loaders = {"reference": lambda: _load_reference_model(run.reference_dir),
+                   "quantized": lambda: load_quantized(run.quantized_dir), "repaired": lambda: repaired}
+        if control is not None:
+            loaders["control"] = lambda: control_model
+        general = {name: text_nll(load(), tokenizer, Path(config.general_text), config.eval_batch_size)
+                   for name, load in loaders.items()}
+        general["repaired_vs_quantized"] = round(general["repaired"]["nll"] / general["quantized"]["nll"] - 1, 4)
+        result["general_text"] = {"file": Path(config.general_text).name, **general}
+        gc.collect()
+
     result["held_out_problems"] = [p.id for p in problems]
     (tmp / "verify.json").write_text(json.dumps(result, indent=2))
     return {k: v for k, v in result.items() if k != "held_out_problems"}
