@@ -64,6 +64,8 @@ class RunConfig:
     dpo_beta: float = field(default=0.1, **_help("DPO beta: how far the adapter may move from the quantized model."))
     control: bool = field(default=False, **_help(
         "Also train the same adapter on the full-precision model, to separate repair from domain adaptation."))
+    merge: bool = field(default=False, **_help(
+        "Also fold the adapter into the weights, quantize again with the same recipe, and verify that checkpoint."))
     general_text: str | None = field(default=None, **_help(
         "Plain-text file of non-math text whose NLL is compared across the models, to catch damage to general language."))
     lora_rank: int = field(default=16, **_help("LoRA rank r."))

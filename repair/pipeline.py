@@ -25,6 +25,18 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
+# Settings that the stages up to locate never read, so runs that differ only in them share those stages.
+FORKABLE_FIELDS = {"selection", "objective", "dpo_beta", "control", "merge", "general_text", "budget", "lora_rank", "lora_alpha",
+                   "learning_rate", "epochs", "batch_size", "max_length", "seed"}
+
+
+def _link_or_copy(source, destination) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
 def default_run_dir(config: RunConfig) -> Path:
     return Path("repair-runs") / f"{config.slug()}-{config.fingerprint()}"
 
@@ -159,6 +171,42 @@ class Run:
             self._finish(stage, summary, seconds)
             log.info("Stage %s: finished in %.1f s", stage, seconds)
         return {name: entry["summary"] for name, entry in self.manifest["stages"].items()}
+
+    def fork(self, config: RunConfig, root: Path) -> Run:
+        """Start a run folder for ``config`` that reuses this run's finished stages up to locate.
+
+        Only settings that first matter in the silver stage may differ (step selection, objective,
+        training settings, seed, control, general text, a budget no larger than this run's), so a
+        variant trains and verifies without quantizing and scoring again. Files are hard-linked
+        where the file system allows it, else copied.
+        """
+        ours, theirs = self.config.to_dict(), config.to_dict()
+        changed = sorted(k for k in ours if ours[k] != theirs[k] and k not in FORKABLE_FIELDS)
+        if changed:
+            raise RunFolderError(f"cannot fork {self.root}: {', '.join(changed)} differ before the silver stage",
+                                 "Start a new run instead")
+        if config.budget > self.config.budget:
+            raise RunFolderError(f"cannot fork {self.root} with --budget {config.budget} above its {self.config.budget}",
+                                 "Start a new run, or lower --budget")
+        shared = STAGES[:STAGES.index("locate") + 1]
+        if not all(self.is_done(stage) for stage in shared):
+            raise RunFolderError(f"cannot fork {self.root}: it has not finished the locate stage",
+                                 "Run it to the locate stage first")
+        forked = Run(config, root, token=self.token, progress=self.progress)
+        for name in ("problems", "reference", "quantized", "measure", "frontiers.jsonl", "diagnosis.json"):
+            source = self.root / name
+            target = forked.root / name
+            if not source.exists() or target.exists():
+                continue
+            if source.is_dir():
+                shutil.copytree(source, target, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(source, target)
+        manifest = forked.manifest
+        for stage in shared:
+            manifest["stages"][stage] = self.manifest["stages"][stage]
+        forked._write_json(forked.root / MANIFEST, manifest)
+        return forked
 
     def stage_seconds(self) -> dict[str, float]:
         return {name: entry["seconds"] for name, entry in self.manifest["stages"].items()}
@@ -419,6 +467,36 @@ def _verify(run: Run, tmp: Path) -> dict:
         result["general_text"] = {"file": Path(config.general_text).name, **general}
         gc.collect()
 
+    # The merged checkpoint: adapter folded in, quantized again with the same recipe
+    if config.merge:
+        result["merged"] = _merge_and_score(run, tmp, tokenizer, problems)
+
     result["held_out_problems"] = [p.id for p in problems]
     (tmp / "verify.json").write_text(json.dumps(result, indent=2))
     return {k: v for k, v in result.items() if k != "held_out_problems"}
+
+
+def _merge_and_score(run: Run, tmp: Path, tokenizer, problems) -> dict:
+    """Write ``merged/`` (the adapter folded into the weights, re-quantized) and return its held-out figures."""
+    from repair.locate import find_flips
+    from repair.measure import load_scores, save_scores, score_traces, summarize
+    from repair.quantize import load_quantized, quantize
+    from repair.restore import merge_adapter
+
+    config = run.config
+    quantized = run.stage_summary("quantize")
+    dense = tmp / ".merged-dense"
+    merge_adapter(run.quantized_dir, run.adapter_dir, dense)
+    calibration = load_problems(run, "calibration") if config.method != "rtn" else []
+    result = quantize(dense, tmp / "merged", config.method, config.bits, quantized.get("group_size") or config.group_size,
+                      calibration, config.calibration_length, run.progress)
+    shutil.rmtree(dense)
+
+    scores = score_traces(load_quantized(tmp / "merged"), tokenizer, problems, config.eval_batch_size, run.progress,
+                          desc="score merged (test)")
+    save_scores(scores, tmp / "measure" / "merged_test.parquet")
+    fp = load_scores(run.measure_dir / "reference_test.parquet")
+    figures = summarize(scores)
+    return {**figures, "flips": sum(len(find_flips(a, b)) for a, b in zip(fp, scores)),
+            "quantize_seconds": result.seconds,
+            "checkpoint_bytes": sum(f.stat().st_size for f in (tmp / "merged").glob("*.safetensors"))}

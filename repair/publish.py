@@ -11,7 +11,7 @@ import json
 import logging
 import platform
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Literal
@@ -19,7 +19,7 @@ from typing import Literal
 from repair.config import PublishConfig, check_repo_name
 from repair.errors import HubError, StageError
 from repair.pipeline import Run
-from repair.silver import DATA_FILE
+from repair.silver import SilverRecord, load_records, preference_records
 from repair.steps import PROMPT_TEMPLATE, format_solution
 
 log = logging.getLogger(__name__)
@@ -127,10 +127,9 @@ def build_repo_folders(run: Run, plans: dict[RepoKind, RepoPlan], command: str) 
     if not q_plan.external:
         _build_quantized_folder(run, q_plan, plans["adapter"].repo_id, common)
 
-    # Silver Bullet dataset
+    # Silver Bullet dataset, with an sft and a dpo configuration
     d_plan = plans["dataset"]
-    (d_plan.folder / DATA_FILE).parent.mkdir(parents=True)
-    shutil.copy2(run.silver_dir / DATA_FILE, d_plan.folder / DATA_FILE)
+    counts = write_dataset_configs(load_records(run.silver_dir), d_plan.folder)
     records = silver["records"]
     size_category = "n<1K" if records < 1000 else "1K<n<10K"
     dataset_card = DatasetCardData(
@@ -138,15 +137,18 @@ def build_repo_folders(run: Run, plans: dict[RepoKind, RepoPlan], command: str) 
         language=["en"], task_categories=["text-generation"], tags=["math", "quantization", "repair", "silver-bullet"],
         size_categories=[size_category], source_datasets=[dataset_id] if dataset_id else None,
         annotations_creators=["machine-generated"],
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": DATA_FILE}]}],
+        configs=[{"config_name": name, "data_files": [{"split": "train", "path": path}], **({"default": True} if name == "sft" else {})}
+                 for name, path in DATASET_CONFIGS.items()],
     )
     dropped = prepared["data"]["train"]["dropped"]
     DatasetCard.from_template(
         dataset_card, template_path=_template("dataset_card.md.j2"),
         quantized_repo=q_plan.repo_id, source=f"{dataset_name} ({config.dataset})",
         train_pool=prepared["data"]["train_pool"], frontiers_available=silver["frontiers_available"],
-        records=records, budget=silver["budget"],
+        records=records, budget=silver["budget"], selection=silver.get("selection", "frontier"),
+        sft_rows=counts["sft"], dpo_rows=counts["dpo"],
         dropped_text=", ".join(f"{n} {why}" for why, n in dropped.items()) or "none",
+        selection_dropped_text=", ".join(f"{n} {why}" for why, n in silver.get("dropped", {}).items()) or "none",
         notes_text=", ".join(f"{n} {why}" for why, n in silver["notes"].items()) or "none",
         step_histogram=silver["step_histogram"], error_types=silver["error_types"], **common,
     ).save(d_plan.folder / "README.md")
@@ -180,7 +182,9 @@ def build_repo_folders(run: Run, plans: dict[RepoKind, RepoPlan], command: str) 
         repo_name=a_plan.repo_id.split("/")[1], base_model=q_plan.repo_id, dataset_repo=d_plan.repo_id,
         records=trained["records_trained"], records_too_long=trained["records_too_long"],
         flips=verified["flips"], gap_closed_text=f"{gap:.1%}" if gap is not None else "n/a (no gap)",
-        objective=config.objective.upper(), lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+        objective_text=OBJECTIVE_TEXT[config.objective], selection=config.selection,
+        margins=verified.get("frontier_margins", {}), control=models.get("control"), nll_drop=verified.get("nll_drop"),
+        general=verified.get("general_text"), lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
         learning_rate=config.learning_rate, epochs=config.epochs, batch_size=config.batch_size,
         max_length=config.max_length, optimizer_steps=trained["optimizer_steps"], loss_first=trained["loss_first"],
         loss_last=trained["loss_last"], train_seconds=trained["seconds"],
@@ -190,6 +194,45 @@ def build_repo_folders(run: Run, plans: dict[RepoKind, RepoPlan], command: str) 
     ).save(a_plan.folder / "README.md")
 
     check_repo_folders(plans)
+
+
+OBJECTIVE_TEXT = {
+    "sft": "SFT, loss on the target step only",
+    "dpo": "DPO, the target step preferred over the quantized model's own step (reference: the quantized model)",
+    "sft+dpo": "SFT on the target step, then DPO on the same adapter",
+}
+DATASET_CONFIGS = {"sft": "sft/train-00000-of-00001.parquet", "dpo": "dpo/train-00000-of-00001.parquet"}
+
+
+def write_dataset_configs(records: list[SilverRecord], folder: Path) -> dict[str, int]:
+    """Write the records as the dataset repo's two configurations and return their row counts.
+
+    sft: every record, with TRL's prompt/completion columns. dpo: the records whose rejected step
+    exists and differs from the chosen one, with TRL's prompt/chosen/rejected columns. Both keep
+    the provenance columns (problem, step, selection, margins).
+    """
+    from datasets import Dataset
+
+    sft = [{"prompt": r.prompt, "completion": " " + r.chosen, **asdict(r)} for r in records]
+    dpo = [{**asdict(r), "prompt": r.prompt, "chosen": " " + r.chosen, "rejected": " " + r.rejected}
+           for r in preference_records(records)]
+    for name, rows in (("sft", sft), ("dpo", dpo)):
+        path = folder / DATASET_CONFIGS[name]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rows:
+            Dataset.from_list(rows).to_parquet(str(path))
+        else:
+            _write_empty_parquet(path)
+    return {"sft": len(sft), "dpo": len(dpo)}
+
+
+def _write_empty_parquet(path: Path) -> None:
+    """Write a file with no rows, so that a configuration the card declares still loads."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fields = [pa.field(name, pa.string()) for name in ("prompt", "chosen", "rejected", "problem_id")]
+    pq.write_table(pa.Table.from_pylist([], schema=pa.schema(fields)), path)
 
 
 def _build_quantized_folder(run: Run, q_plan: RepoPlan, adapter_repo: str, common: dict) -> None:

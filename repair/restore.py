@@ -122,7 +122,9 @@ def _run_sft(model, tokenizer, rows: list[dict], settings: TrainSettings, peft_c
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**_trainer_settings(settings, tempfile.mkdtemp(prefix="repair-trainer-")))
+    # Batches of records of similar length waste less compute on padding.
+    args = SFTConfig(**_trainer_settings(settings, tempfile.mkdtemp(prefix="repair-trainer-")),
+                     train_sampling_strategy="group_by_length")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[_progress_callback(progress, "train adapter (sft)")])
     # With tqdm off, the Trainer prints every log line to stdout, which is for results only.
@@ -229,3 +231,25 @@ def load_repaired(quantized_dir: Path | str, adapter_dir: Path | str):
     model = PeftModel.from_pretrained(load_quantized(quantized_dir), str(adapter_dir))
     model.eval()
     return model
+
+
+def merge_adapter(quantized_dir: Path | str, adapter_dir: Path | str, output_dir: Path) -> None:
+    """Fold the adapter into the decompressed quantized weights and save a dense float32 checkpoint.
+
+    The merged weights are off the quantization grid, so the result must be quantized again to
+    be a quantized checkpoint. The fresh model keeps the config without its quantization_config,
+    which would make save_pretrained try to compress the dense weights.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from repair.sources import load_tokenizer
+
+    merged = load_repaired(quantized_dir, adapter_dir).merge_and_unload()
+    config = merged.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    dense = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    dense.load_state_dict(merged.state_dict())
+    dense.save_pretrained(output_dir, safe_serialization=True)
+    load_tokenizer(quantized_dir).save_pretrained(output_dir)
