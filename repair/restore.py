@@ -237,8 +237,8 @@ def merge_adapter(quantized_dir: Path | str, adapter_dir: Path | str, output_dir
     """Fold the adapter into the decompressed quantized weights and save a dense float32 checkpoint.
 
     The merged weights are off the quantization grid, so the result must be quantized again to
-    be a quantized checkpoint. The fresh model keeps the config without its quantization_config,
-    which would make save_pretrained try to compress the dense weights.
+    be a quantized checkpoint. The dense model is built from the config without its
+    quantization_config, which would make save_pretrained try to compress the weights.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -250,6 +250,9 @@ def merge_adapter(quantized_dir: Path | str, adapter_dir: Path | str, output_dir
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     dense = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    dense.load_state_dict(merged.state_dict())
+    # The decompressed layers still carry their quantization parameters (weight_scale, weight_shape),
+    # which a dense model has no place for.
+    weights = merged.state_dict()
+    dense.load_state_dict({name: weights[name] for name in dense.state_dict()})
     dense.save_pretrained(output_dir, safe_serialization=True)
     load_tokenizer(quantized_dir).save_pretrained(output_dir)

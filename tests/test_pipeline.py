@@ -154,3 +154,34 @@ def test_baseline_run_with_control(tiny_model_dir, small_gsm8k, tmp_path):
     assert set(general) >= {"reference", "quantized", "repaired", "control"}
     assert general["reference"]["tokens"] == general["repaired"]["tokens"] > 1000
     assert general["reference"]["nll"] != general["quantized"]["nll"]
+
+
+def test_fork_reuses_stages_and_merges(finished_run, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import repair.pipeline as pipeline
+
+    def fail(*args):
+        raise AssertionError("a shared stage ran again")
+
+    for name in ("_prepare", "_quantize", "_measure", "_locate"):
+        monkeypatch.setattr(pipeline, name, fail)
+    forked = finished_run.fork(replace(finished_run.config, merge=True, seed=5, budget=4), tmp_path / "fork")
+    forked.run("verify")
+
+    assert forked.stage_summary("silver")["records"] <= 4
+    merged = json.loads((forked.root / "verify.json").read_text())["merged"]
+    assert merged["problems"] == 6
+    assert merged["nll"] > 0
+    assert merged["checkpoint_bytes"] > 0
+    assert (forked.root / "merged" / "recipe.yaml").is_file()
+    assert not (forked.root / ".merged-dense").exists()
+
+
+def test_fork_rejects_other_quantization(finished_run, tmp_path):
+    from dataclasses import replace
+
+    with pytest.raises(RunFolderError, match="bits differ before the silver stage"):
+        finished_run.fork(replace(finished_run.config, bits=4), tmp_path / "fork")
+    with pytest.raises(RunFolderError, match="--budget 99"):
+        finished_run.fork(replace(finished_run.config, budget=99), tmp_path / "fork2")

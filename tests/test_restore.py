@@ -128,3 +128,21 @@ def test_control_adapter_on_reference(tiny_model_dir, tmp_path):
     summary = train_adapter(tiny_model_dir, records, tmp_path / "control", settings, base="reference")
     assert summary["base"] == "reference"
     assert summary["records_trained"] == 4
+
+
+def test_merged_weights_match_adapter(quantized_tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from repair.restore import merge_adapter
+
+    settings = TrainSettings(lora_rank=4, lora_alpha=8, learning_rate=5e-3, epochs=1, batch_size=4, max_length=512, seed=0)
+    train_adapter(quantized_tiny, [_record() for _ in range(4)], tmp_path / "adapter", settings)
+    merge_adapter(quantized_tiny, tmp_path / "adapter", tmp_path / "dense")
+
+    dense = AutoModelForCausalLM.from_pretrained(tmp_path / "dense", dtype=torch.float32).eval()
+    assert getattr(dense.config, "quantization_config", None) is None
+    ids = torch.tensor([[1, 20, 300, 4000, 50, 6]])
+    with torch.no_grad():
+        expected = load_repaired(quantized_tiny, tmp_path / "adapter")(input_ids=ids).logits
+        actual = dense(input_ids=ids).logits
+    assert torch.allclose(actual, expected, atol=1e-4)
