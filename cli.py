@@ -36,6 +36,8 @@ def _run_options(command):
                      help="Hub id of a quantized checkpoint to use instead of searching or quantizing."),
         click.option("--group-size", type=int, default=None,
                      help="Quantization group size; by default the largest of 128, 64, 32, 16 that divides every layer."),
+        click.option("--ignore", multiple=True, default=("lm_head",), show_default=True,
+                     help="Layer left unquantized (repeat for more): a full module name, a class name, or re:PATTERN."),
         click.option("--dataset", default="openai/gsm8k", show_default=True,
                      help="Hub dataset id, or a local .jsonl/.json/.parquet file or a folder with train and test files."),
         click.option("--dataset-config", default=None, help="Hub dataset configuration, for example 'main' for openai/gsm8k."),
@@ -80,7 +82,7 @@ def _build_run(kwargs: dict):
     run_dir = kwargs.pop("run_dir")
     config = RunConfig(
         model=kwargs.pop("model"), bits=kwargs.pop("bits"), method=kwargs.pop("method"),
-        group_size=kwargs.pop("group_size"), pull=kwargs.pop("pull"), quantized_repo=kwargs.pop("quantized_repo"),
+        group_size=kwargs.pop("group_size"), ignore=list(kwargs.pop("ignore")), pull=kwargs.pop("pull"), quantized_repo=kwargs.pop("quantized_repo"),
         dataset=kwargs.pop("dataset"), dataset_config=kwargs.pop("dataset_config"),
         calibration_samples=kwargs.pop("calibration_samples"), calibration_length=kwargs.pop("calibration_length"),
         train_problems=kwargs.pop("train_problems"),

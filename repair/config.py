@@ -43,6 +43,8 @@ class RunConfig:
     group_size: int | None = field(
         default=None, **_help("Quantization group size; None picks the largest of 128, 64, 32 that divides every layer.")
     )
+    ignore: list[str] = field(default_factory=lambda: ["lm_head"], **_help(
+        "Layers left unquantized: full module names, class names, or re:PATTERN."))
     pull: bool = field(default=True, **_help("Use a matching quantized checkpoint of the same base from the Hub when one exists."))
     quantized_repo: str | None = field(default=None, **_help("Hub id of a quantized checkpoint to use instead of searching or quantizing."))
     dataset: str = field(default="openai/gsm8k", **_help("Hub dataset id, or a local .jsonl/.json/.parquet file or folder."))

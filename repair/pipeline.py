@@ -268,7 +268,7 @@ def _quantize(run: Run, tmp: Path) -> dict:
         return pulled
     calibration = load_problems(run, "calibration") if config.method != "rtn" else []
     result = quantize(run.reference_dir, tmp / "quantized", config.method, config.bits, config.group_size,
-                      calibration, config.calibration_length, run.progress)
+                      calibration, config.calibration_length, run.progress, config.ignore)
     size = sum(f.stat().st_size for f in (tmp / "quantized").glob("*.safetensors"))
     return {**asdict(result), "checkpoint_bytes": size, "pulled_from": None}
 
@@ -489,7 +489,7 @@ def _merge_and_score(run: Run, tmp: Path, tokenizer, problems) -> dict:
     merge_adapter(run.quantized_dir, run.adapter_dir, dense)
     calibration = load_problems(run, "calibration") if config.method != "rtn" else []
     result = quantize(dense, tmp / "merged", config.method, config.bits, quantized.get("group_size") or config.group_size,
-                      calibration, config.calibration_length, run.progress)
+                      calibration, config.calibration_length, run.progress, config.ignore)
     shutil.rmtree(dense)
 
     scores = score_traces(load_quantized(tmp / "merged"), tokenizer, problems, config.eval_batch_size, run.progress,
