@@ -26,6 +26,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+# Python puts this script's folder first on sys.path, and bench/repair.py there would shadow the
+# installed repair package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
 log = logging.getLogger("bench.repair")
 
 # Variant name -> the RunConfig settings that make it. The control is trained in the frontier
