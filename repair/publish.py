@@ -24,8 +24,9 @@ from repair.steps import PROMPT_TEMPLATE, format_solution
 
 log = logging.getLogger(__name__)
 
-RepoKind = Literal["quantized", "dataset", "adapter"]
-REPO_KINDS: tuple[RepoKind, ...] = ("quantized", "dataset", "adapter")  # upload order: each card links the one before
+RepoKind = Literal["quantized", "dataset", "adapter", "merged"]
+# Upload order: each card links the ones before. The merged checkpoint exists only for runs with --merge.
+REPO_KINDS: tuple[RepoKind, ...] = ("quantized", "dataset", "adapter", "merged")
 
 # Benchmarks whose local copies are recognised by folder or file name, for card metadata.
 KNOWN_DATASETS = {"gsm8k": ("openai/gsm8k", "GSM8K", "mit")}
@@ -69,11 +70,13 @@ def library_versions() -> str:
 
 def plan_repos(run: Run, namespace: str, name_prefix: str | None, root: Path) -> dict[RepoKind, RepoPlan]:
     stem = check_repo_name(name_prefix or run.config.slug(), "--name")
-    names = {"quantized": stem, "dataset": f"{stem}-silver-bullet", "adapter": f"{stem}-repair-lora"}
+    names = {"quantized": stem, "dataset": f"{stem}-silver-bullet", "adapter": f"{stem}-repair-lora",
+             "merged": f"{stem}-repaired"}
+    kinds = [kind for kind in REPO_KINDS if kind != "merged" or (run.root / "merged").is_dir()]
     plans = {
         kind: RepoPlan(kind=kind, repo_id=f"{namespace}/{check_repo_name(names[kind], '--name')}",
                        repo_type="dataset" if kind == "dataset" else "model", folder=root / names[kind])
-        for kind in REPO_KINDS
+        for kind in kinds
     }
     pulled = run.stage_summary("quantize").get("pulled_from")
     if pulled:
@@ -193,6 +196,10 @@ def build_repo_folders(run: Run, plans: dict[RepoKind, RepoPlan], command: str) 
         **common,
     ).save(a_plan.folder / "README.md")
 
+    # Merged checkpoint (--merge)
+    if "merged" in plans:
+        _build_merged_folder(run, plans, verified, common)
+
     check_repo_folders(plans)
 
 
@@ -266,11 +273,32 @@ def _build_quantized_folder(run: Run, q_plan: RepoPlan, adapter_repo: str, commo
         card_data, template_path=_template("quantized_card.md.j2"), weights_text=weights_text,
         activations_text=activations_text, repo_id=q_plan.repo_id,
         repo_name=q_plan.repo_id.split("/")[1], base_model=original or config.model, group_size=quantized["group_size"],
-        group_size_reason=quantized["group_size_reason"], ignored_layers="lm_head", calibration=calibration,
+        group_size_reason=quantized["group_size_reason"], ignored_layers=", ".join(config.ignore), calibration=calibration,
         quantize_seconds=quantized["seconds"], checkpoint_mb=round(quantized["checkpoint_bytes"] / 1e6, 1),
         source_note=source_note, versions=library_versions(), recipe=quantized["recipe"],
         adapter_repo=adapter_repo, **common,
     ).save(q_plan.folder / "README.md")
+
+
+def _build_merged_folder(run: Run, plans: dict[RepoKind, RepoPlan], verified: dict, common: dict) -> None:
+    """Copy the re-quantized checkpoint with the adapter folded in and render its card."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config = run.config
+    m_plan = plans["merged"]
+    for item in (run.root / "merged").iterdir():
+        shutil.copy2(item, m_plan.folder / item.name)
+    original = run.stage_summary("prepare")["model"]["hub_id"]
+    card_data = ModelCardData(base_model=original, base_model_relation="quantized" if original else None,
+                              library_name="transformers", pipeline_tag="text-generation",
+                              license=run.stage_summary("prepare")["model"]["license"],
+                              tags=[config.method, "compressed-tensors", f"{config.bits}-bit", "math", "repair", "merged-lora"])
+    merged = verified["merged"]
+    ModelCard.from_template(
+        card_data, template_path=_template("merged_card.md.j2"), repo_name=m_plan.repo_id.split("/")[1],
+        adapter_repo=plans["adapter"].repo_id, quantized_repo=plans["quantized"].repo_id, merged=merged,
+        flips=verified["flips"], checkpoint_mb=round(merged["checkpoint_bytes"] / 1e6, 1), **common,
+    ).save(m_plan.folder / "README.md")
 
 
 def _has_cuda() -> bool:
@@ -356,7 +384,7 @@ def push_repos(plans: dict[RepoKind, RepoPlan], token: str, private: bool) -> di
 
     api = HfApi(token=token)
     urls: dict[RepoKind, str] = {}
-    for kind in REPO_KINDS:
+    for kind in [kind for kind in REPO_KINDS if kind in plans]:
         plan = plans[kind]
         if plan.external:
             urls[kind] = f"{api.endpoint}/{plan.url_path}"

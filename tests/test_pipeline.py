@@ -177,6 +177,16 @@ def test_fork_reuses_stages_and_merges(finished_run, tmp_path, monkeypatch):
     assert (forked.root / "merged" / "recipe.yaml").is_file()
     assert not (forked.root / ".merged-dense").exists()
 
+    result = publish(forked, PublishConfig(namespace="testuser", name_prefix="forked", push=False, output=tmp_path / "out"),
+                     command="repair push tiny --bits 2 --merge")
+    assert result["repos"]["merged"] == "testuser/forked-repaired"
+    card = metadata_load(tmp_path / "out" / "forked-repaired" / "README.md")
+    assert card["base_model_relation"] == "quantized"
+    assert "merged-lora" in card["tags"]
+    saved = json.loads((tmp_path / "out" / "forked-repaired" / "config.json").read_text())
+    assert saved["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert f"| {merged['nll']} |" in (tmp_path / "out" / "forked-repaired" / "README.md").read_text()
+
 
 def test_fork_rejects_other_quantization(finished_run, tmp_path):
     from dataclasses import replace
