@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from repair.config import METHODS, SUPPORTED_BITS, PublishConfig, RunConfig
+from repair.config import METHODS, OBJECTIVES, SELECTIONS, SUPPORTED_BITS, PublishConfig, RunConfig
 from repair.errors import RepairError
 
 log = logging.getLogger("repair")
@@ -36,6 +36,8 @@ def _run_options(command):
                      help="Hub id of a quantized checkpoint to use instead of searching or quantizing."),
         click.option("--group-size", type=int, default=None,
                      help="Quantization group size; by default the largest of 128, 64, 32, 16 that divides every layer."),
+        click.option("--ignore", multiple=True, default=("lm_head",), show_default=True,
+                     help="Layer left unquantized (repeat for more): a full module name, a class name, or re:PATTERN."),
         click.option("--dataset", default="openai/gsm8k", show_default=True,
                      help="Hub dataset id, or a local .jsonl/.json/.parquet file or a folder with train and test files."),
         click.option("--dataset-config", default=None, help="Hub dataset configuration, for example 'main' for openai/gsm8k."),
@@ -48,6 +50,18 @@ def _run_options(command):
         click.option("--test-problems", type=int, default=RunConfig.test_problems, show_default=True,
                      help="Held-out test-split problems used for verification."),
         click.option("--budget", type=int, default=332, show_default=True, help="Maximum Silver Bullet records."),
+        click.option("--selection", type=click.Choice(SELECTIONS), default="frontier", show_default=True,
+                     help="Steps to train on: first faulty steps, random steps of the same problems (the baseline), or all steps."),
+        click.option("--objective", type=click.Choice(OBJECTIVES), default="sft", show_default=True,
+                     help="sft: loss on the target step; dpo: target step over the quantized model's own step; sft+dpo: both in turn."),
+        click.option("--dpo-beta", type=float, default=RunConfig.dpo_beta, show_default=True,
+                     help="DPO beta: how far the adapter may move from the quantized model."),
+        click.option("--control", is_flag=True,
+                     help="Also train the same adapter on the full-precision model, to separate repair from domain adaptation."),
+        click.option("--merge", is_flag=True,
+                     help="Also fold the adapter into the weights, quantize again with the same recipe, and verify that checkpoint."),
+        click.option("--general-text", type=click.Path(dir_okay=False), default=None,
+                     help="Plain-text file of non-math text whose NLL is compared across the models."),
         click.option("--epochs", type=float, default=RunConfig.epochs, show_default=True, help="Training passes over the records."),
         click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
         click.option("--run-dir", type=click.Path(path_type=Path), default=None,
@@ -75,11 +89,13 @@ def _build_run(kwargs: dict):
     run_dir = kwargs.pop("run_dir")
     config = RunConfig(
         model=kwargs.pop("model"), bits=kwargs.pop("bits"), method=kwargs.pop("method"),
-        group_size=kwargs.pop("group_size"), pull=kwargs.pop("pull"), quantized_repo=kwargs.pop("quantized_repo"),
+        group_size=kwargs.pop("group_size"), ignore=list(kwargs.pop("ignore")), pull=kwargs.pop("pull"), quantized_repo=kwargs.pop("quantized_repo"),
         dataset=kwargs.pop("dataset"), dataset_config=kwargs.pop("dataset_config"),
         calibration_samples=kwargs.pop("calibration_samples"), calibration_length=kwargs.pop("calibration_length"),
         train_problems=kwargs.pop("train_problems"),
         test_problems=kwargs.pop("test_problems"), budget=kwargs.pop("budget"), epochs=kwargs.pop("epochs"),
+        selection=kwargs.pop("selection"), objective=kwargs.pop("objective"), dpo_beta=kwargs.pop("dpo_beta"),
+        control=kwargs.pop("control"), merge=kwargs.pop("merge"), general_text=kwargs.pop("general_text"),
         seed=kwargs.pop("seed"),
     )
     if kwargs.pop("dry_run", False):
@@ -237,8 +253,18 @@ def _print_summary(run, result: dict | None) -> None:
         lines.append(f"{'model':<16}{'held-out NLL':>14}{'top-1 agreement':>18}")
         for name in ("reference", "quantized", "repaired"):
             lines.append(f"{name:<16}{models[name]['nll']:>14.4f}{models[name]['top1_agreement']:>18.4f}")
+        if "control" in models:
+            lines.append(f"{'control':<16}{models['control']['nll']:>14.4f}{models['control']['top1_agreement']:>18.4f}")
         gap = stages["verify"]["summary"]["gap_closed"]
         lines.append(f"gap closed: {gap:.1%}" if gap is not None else "gap closed: n/a (quantized model is not worse)")
+        merged = stages["verify"]["summary"].get("merged")
+        if merged:
+            lines.append(f"{'merged':<16}{merged['nll']:>14.4f}{merged['top1_agreement']:>18.4f}")
+        general = stages["verify"]["summary"].get("general_text")
+        if general:
+            lines.append("non-math text NLL: " + ", ".join(
+                f"{name} {general[name]['nll']:.4f}" for name in ("reference", "quantized", "repaired", "control")
+                if name in general) + f" (repaired vs quantized {general['repaired_vs_quantized']:+.1%})")
     elif "measure" in stages:
         measured = stages["measure"]["summary"]
         lines.append(f"{'model':<16}{'NLL (train)':>14}{'top-1 agreement':>18}")

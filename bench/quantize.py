@@ -19,6 +19,11 @@ from pathlib import Path
 
 DEFAULT_VARIANTS = "rtn:4,rtn:3,gptq:4,gptq:3,awq:4,awq:3,smoothquant:8"
 
+# Python puts this script's folder first on sys.path, and bench/repair.py there would shadow the
+# installed repair package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
 log = logging.getLogger("bench.quantize")
 
 

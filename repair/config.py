@@ -13,10 +13,13 @@ from typing import Literal, get_args
 from repair.errors import ConfigError
 
 Method = Literal["gptq", "awq", "rtn", "smoothquant"]
-Objective = Literal["sft"]
+Objective = Literal["sft", "dpo", "sft+dpo"]
+Selection = Literal["frontier", "random", "all"]
 Stage = Literal["prepare", "quantize", "measure", "locate", "silver", "restore", "verify"]
 
 METHODS: tuple[str, ...] = get_args(Method)
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+SELECTIONS: tuple[str, ...] = get_args(Selection)
 STAGES: tuple[str, ...] = get_args(Stage)
 SUPPORTED_BITS = (2, 3, 4, 8)
 
@@ -42,6 +45,8 @@ class RunConfig:
     group_size: int | None = field(
         default=None, **_help("Quantization group size; None picks the largest of 128, 64, 32 that divides every layer.")
     )
+    ignore: list[str] = field(default_factory=lambda: ["lm_head"], **_help(
+        "Layers left unquantized: full module names, class names, or re:PATTERN."))
     pull: bool = field(default=True, **_help("Use a matching quantized checkpoint of the same base from the Hub when one exists."))
     quantized_repo: str | None = field(default=None, **_help("Hub id of a quantized checkpoint to use instead of searching or quantizing."))
     dataset: str = field(default="openai/gsm8k", **_help("Hub dataset id, or a local .jsonl/.json/.parquet file or folder."))
@@ -54,7 +59,19 @@ class RunConfig:
     train_problems: int = field(default=350, **_help("Training-split problems scored to locate failures."))
     test_problems: int = field(default=100, **_help("Held-out test-split problems used for verification."))
     budget: int = field(default=332, **_help("Maximum number of Silver Bullet records to train on."))
-    objective: Objective = field(default="sft", **_help("Training objective: sft (loss on the frontier step only)."))
+    selection: Selection = field(default="frontier", **_help(
+        "Steps to train on: frontier (first faulty steps, earliest first), random (random steps of the same problems, "
+        "the baseline) or all (every step of the problems, in order)."))
+    objective: Objective = field(default="sft", **_help(
+        "Training objective: sft (loss on the chosen step only), dpo (chosen versus the quantized model's own step) "
+        "or sft+dpo (sft, then dpo on the same adapter)."))
+    dpo_beta: float = field(default=0.1, **_help("DPO beta: how far the adapter may move from the quantized model."))
+    control: bool = field(default=False, **_help(
+        "Also train the same adapter on the full-precision model, to separate repair from domain adaptation."))
+    merge: bool = field(default=False, **_help(
+        "Also fold the adapter into the weights, quantize again with the same recipe, and verify that checkpoint."))
+    general_text: str | None = field(default=None, **_help(
+        "Plain-text file of non-math text whose NLL is compared across the models, to catch damage to general language."))
     lora_rank: int = field(default=16, **_help("LoRA rank r."))
     lora_alpha: int = field(default=32, **_help("LoRA scaling alpha."))
     learning_rate: float = field(default=2e-4, **_help("Peak learning rate of the adapter."))
@@ -75,6 +92,14 @@ class RunConfig:
         if self.method == "smoothquant" and self.bits != 8:
             raise ConfigError(f"--method smoothquant quantizes weights and activations to 8 bits, not {self.bits}",
                               "Use --bits 8 with smoothquant, or --method gptq, awq or rtn for fewer bits")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective {self.objective!r} is not supported", f"Use one of {', '.join(OBJECTIVES)}")
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"--selection {self.selection!r} is not supported", f"Use one of {', '.join(SELECTIONS)}")
+        if self.dpo_beta <= 0:
+            raise ConfigError(f"--dpo-beta must be positive, got {self.dpo_beta}", "Pass a value such as 0.1")
+        if self.general_text is not None and not Path(self.general_text).is_file():
+            raise ConfigError(f"--general-text {self.general_text} is not a file", "Pass a plain-text file of non-math text")
         if self.method == "smoothquant" and self.group_size is not None:
             raise ConfigError("--group-size does not apply to smoothquant, which scales each output channel",
                               "Leave --group-size unset")

@@ -134,3 +134,30 @@ def load_scores(path: Path) -> list[TraceScore]:
                    logprob=[float(x) for x in row.logprob], margin=[float(x) for x in row.margin])
         for row in frame.itertuples(index=False)
     ]
+
+
+# Text NLL is measured on at most 64 chunks of 256 tokens (16,384 tokens) from the file's start,
+# so that the three models are compared on the same tokens at a bounded cost.
+TEXT_CHUNK_TOKENS = 256
+TEXT_MAX_CHUNKS = 64
+
+
+def text_nll(model, tokenizer, path: Path, batch_size: int = 8, chunk_tokens: int = TEXT_CHUNK_TOKENS,
+             max_chunks: int = TEXT_MAX_CHUNKS) -> dict:
+    """Return the mean NLL per token of a plain-text file, cut into equal chunks from its start."""
+    import torch
+
+    ids = tokenizer(Path(path).read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+    chunks = [ids[i:i + chunk_tokens] for i in range(0, len(ids) - chunk_tokens + 1, chunk_tokens)][:max_chunks]
+    if not chunks:
+        raise ValueError(f"{path} has fewer than {chunk_tokens} tokens")
+    total, count = 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(chunks), batch_size):
+            batch = torch.tensor(chunks[start:start + batch_size])
+            logits = model(input_ids=batch).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, batch[:, 1:, None]).squeeze(2)
+            total -= float(logprobs.sum())
+            count += logprobs.numel()
+    return {"nll": round(total / count, 4), "tokens": count, "chunks": len(chunks)}

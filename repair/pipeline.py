@@ -26,6 +26,18 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
+# Settings that the stages up to locate never read, so runs that differ only in them share those stages.
+FORKABLE_FIELDS = {"selection", "objective", "dpo_beta", "control", "merge", "general_text", "budget", "lora_rank", "lora_alpha",
+                   "learning_rate", "epochs", "batch_size", "max_length", "seed"}
+
+
+def _link_or_copy(source, destination) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
 def default_run_dir(config: RunConfig) -> Path:
     return Path("repair-runs") / f"{config.slug()}-{config.fingerprint()}"
 
@@ -163,6 +175,42 @@ class Run:
             log.info("Stage %s: finished in %.1f s", stage, seconds)
         return {name: entry["summary"] for name, entry in self.manifest["stages"].items()}
 
+    def fork(self, config: RunConfig, root: Path) -> Run:
+        """Start a run folder for ``config`` that reuses this run's finished stages up to locate.
+
+        Only settings that first matter in the silver stage may differ (step selection, objective,
+        training settings, seed, control, general text, a budget no larger than this run's), so a
+        variant trains and verifies without quantizing and scoring again. Files are hard-linked
+        where the file system allows it, else copied.
+        """
+        ours, theirs = self.config.to_dict(), config.to_dict()
+        changed = sorted(k for k in ours if ours[k] != theirs[k] and k not in FORKABLE_FIELDS)
+        if changed:
+            raise RunFolderError(f"cannot fork {self.root}: {', '.join(changed)} differ before the silver stage",
+                                 "Start a new run instead")
+        if config.budget > self.config.budget:
+            raise RunFolderError(f"cannot fork {self.root} with --budget {config.budget} above its {self.config.budget}",
+                                 "Start a new run, or lower --budget")
+        shared = STAGES[:STAGES.index("locate") + 1]
+        if not all(self.is_done(stage) for stage in shared):
+            raise RunFolderError(f"cannot fork {self.root}: it has not finished the locate stage",
+                                 "Run it to the locate stage first")
+        forked = Run(config, root, token=self.token, progress=self.progress, load_policy=self.load_policy)
+        for name in ("problems", "reference", "quantized", "measure", "frontiers.jsonl", "diagnosis.json"):
+            source = self.root / name
+            target = forked.root / name
+            if not source.exists() or target.exists():
+                continue
+            if source.is_dir():
+                shutil.copytree(source, target, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(source, target)
+        manifest = forked.manifest
+        for stage in shared:
+            manifest["stages"][stage] = self.manifest["stages"][stage]
+        forked._write_json(forked.root / MANIFEST, manifest)
+        return forked
+
     def stage_seconds(self) -> dict[str, float]:
         return {name: entry["seconds"] for name, entry in self.manifest["stages"].items()}
 
@@ -223,7 +271,7 @@ def _quantize(run: Run, tmp: Path) -> dict:
         return pulled
     calibration = load_problems(run, "calibration") if config.method != "rtn" else []
     result = quantize(run.reference_dir, tmp / "quantized", config.method, config.bits, config.group_size,
-                      calibration, config.calibration_length, run.progress)
+                      calibration, config.calibration_length, run.progress, config.ignore)
     size = sum(f.stat().st_size for f in (tmp / "quantized").glob("*.safetensors"))
     return {**asdict(result), "checkpoint_bytes": size, "pulled_from": None}
 
@@ -334,13 +382,26 @@ def _locate(run: Run, tmp: Path) -> dict:
 
 
 def _silver(run: Run, tmp: Path) -> dict:
-    from repair.locate import Frontier
-    from repair.silver import build_records, save_records
+    from repair.locate import Frontier, generate_rejected
+    from repair.quantize import load_quantized
+    from repair.silver import build_records, save_records, select_targets
     from repair.sources import load_tokenizer
 
+    config = run.config
     tokenizer = load_tokenizer(run.reference_dir)
+    problems = load_problems(run, "train")
     frontiers = [Frontier(**json.loads(line)) for line in (run.root / "frontiers.jsonl").read_text().splitlines()]
-    records, summary = build_records(tokenizer, load_problems(run, "train"), frontiers, run.config.budget)
+    targets = select_targets(problems, frontiers, config.selection, config.budget, config.seed)
+
+    # DPO needs the quantized model's own step at every target; the locate stage wrote it for frontiers only.
+    missing = [t for t in targets if not t.rejected.strip()]
+    if "dpo" in config.objective and missing:
+        generate_rejected(load_quantized(run.quantized_dir), tokenizer, {p.id: p for p in problems}, missing,
+                          config.eval_batch_size, progress=run.progress)
+
+    held_out = {p.id for p in load_problems(run, "test")}
+    records, summary = build_records(tokenizer, problems, targets, config.budget, config.selection, held_out)
+    summary["frontiers_available"] = len(frontiers)
     if not records:
         from repair.errors import StageError
 
@@ -359,23 +420,86 @@ def _restore(run: Run, tmp: Path) -> dict:
     config = run.config
     settings = TrainSettings(lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
                              learning_rate=config.learning_rate, epochs=config.epochs,
-                             batch_size=config.batch_size, max_length=config.max_length, seed=config.seed)
-    return train_adapter(run.quantized_dir, load_records(run.silver_dir), tmp / "adapter", settings, run.progress)
+                             batch_size=config.batch_size, max_length=config.max_length, seed=config.seed,
+                             dpo_beta=config.dpo_beta)
+    records = load_records(run.silver_dir)
+    summary = train_adapter(run.quantized_dir, records, tmp / "adapter", settings, run.progress, config.objective)
+    if config.control:
+        summary["control"] = train_adapter(run.reference_dir, records, tmp / "control-adapter", settings, run.progress,
+                                           config.objective, base="reference")
+    return summary
 
 
 def _verify(run: Run, tmp: Path) -> dict:
-    from repair.measure import load_scores, save_scores, score_traces
+    import gc
+
+    from peft import PeftModel
+
+    from repair.measure import load_scores, save_scores, score_traces, text_nll
+    from repair.quantize import load_quantized
     from repair.restore import load_repaired
     from repair.sources import load_tokenizer
     from repair.verify import compare
 
+    config = run.config
     tokenizer = load_tokenizer(run.reference_dir)
     problems = load_problems(run, "test")
+
+    # The repaired model (and the control) on the held-out problems, teacher forced
     repaired = load_repaired(run.quantized_dir, run.adapter_dir)
-    r = score_traces(repaired, tokenizer, problems, run.config.eval_batch_size, run.progress, desc="score repaired (test)")
+    r = score_traces(repaired, tokenizer, problems, config.eval_batch_size, run.progress, desc="score repaired (test)")
     save_scores(r, tmp / "measure" / "repaired_test.parquet")
+    control = None
+    if config.control:
+        control_model = PeftModel.from_pretrained(_load_reference_model(run.reference_dir), str(run.root / "control-adapter"))
+        control = score_traces(control_model.eval(), tokenizer, problems, config.eval_batch_size, run.progress,
+                               desc="score control (test)")
+        save_scores(control, tmp / "measure" / "control_test.parquet")
     result = compare(load_scores(run.measure_dir / "reference_test.parquet"),
-                     load_scores(run.measure_dir / "quantized_test.parquet"), r)
+                     load_scores(run.measure_dir / "quantized_test.parquet"), r, control)
+
+    # Non-math text, so that a repair that damages general language shows
+    if config.general_text:
+        loaders = {"reference": lambda: _load_reference_model(run.reference_dir),
+                   "quantized": lambda: load_quantized(run.quantized_dir), "repaired": lambda: repaired}
+        if control is not None:
+            loaders["control"] = lambda: control_model
+        general = {name: text_nll(load(), tokenizer, Path(config.general_text), config.eval_batch_size)
+                   for name, load in loaders.items()}
+        general["repaired_vs_quantized"] = round(general["repaired"]["nll"] / general["quantized"]["nll"] - 1, 4)
+        result["general_text"] = {"file": Path(config.general_text).name, **general}
+        gc.collect()
+
+    # The merged checkpoint: adapter folded in, quantized again with the same recipe
+    if config.merge:
+        result["merged"] = _merge_and_score(run, tmp, tokenizer, problems)
+
     result["held_out_problems"] = [p.id for p in problems]
     (tmp / "verify.json").write_text(json.dumps(result, indent=2))
     return {k: v for k, v in result.items() if k != "held_out_problems"}
+
+
+def _merge_and_score(run: Run, tmp: Path, tokenizer, problems) -> dict:
+    """Write ``merged/`` (the adapter folded into the weights, re-quantized) and return its held-out figures."""
+    from repair.locate import find_flips
+    from repair.measure import load_scores, save_scores, score_traces, summarize
+    from repair.quantize import load_quantized, quantize
+    from repair.restore import merge_adapter
+
+    config = run.config
+    quantized = run.stage_summary("quantize")
+    dense = tmp / ".merged-dense"
+    merge_adapter(run.quantized_dir, run.adapter_dir, dense)
+    calibration = load_problems(run, "calibration") if config.method != "rtn" else []
+    result = quantize(dense, tmp / "merged", config.method, config.bits, quantized.get("group_size") or config.group_size,
+                      calibration, config.calibration_length, run.progress, config.ignore)
+    shutil.rmtree(dense)
+
+    scores = score_traces(load_quantized(tmp / "merged"), tokenizer, problems, config.eval_batch_size, run.progress,
+                          desc="score merged (test)")
+    save_scores(scores, tmp / "measure" / "merged_test.parquet")
+    fp = load_scores(run.measure_dir / "reference_test.parquet")
+    figures = summarize(scores)
+    return {**figures, "flips": sum(len(find_flips(a, b)) for a, b in zip(fp, scores)),
+            "quantize_seconds": result.seconds,
+            "checkpoint_bytes": sum(f.stat().st_size for f in (tmp / "merged").glob("*.safetensors"))}

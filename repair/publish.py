@@ -11,7 +11,7 @@ import json
 import logging
 import platform
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Literal
@@ -20,13 +20,14 @@ from repair.config import PublishConfig, check_repo_name
 from repair.errors import HubError, StageError
 from repair.pipeline import Run
 from repair.retry import call_with_retries
-from repair.silver import DATA_FILE
+from repair.silver import SilverRecord, load_records, preference_records
 from repair.steps import PROMPT_TEMPLATE, format_solution
 
 log = logging.getLogger(__name__)
 
-RepoKind = Literal["quantized", "dataset", "adapter"]
-REPO_KINDS: tuple[RepoKind, ...] = ("quantized", "dataset", "adapter")  # upload order: each card links the one before
+RepoKind = Literal["quantized", "dataset", "adapter", "merged"]
+# Upload order: each card links the ones before. The merged checkpoint exists only for runs with --merge.
+REPO_KINDS: tuple[RepoKind, ...] = ("quantized", "dataset", "adapter", "merged")
 
 # Benchmarks whose local copies are recognised by folder or file name, for card metadata.
 KNOWN_DATASETS = {"gsm8k": ("openai/gsm8k", "GSM8K", "mit")}
@@ -70,11 +71,13 @@ def library_versions() -> str:
 
 def plan_repos(run: Run, namespace: str, name_prefix: str | None, root: Path) -> dict[RepoKind, RepoPlan]:
     stem = check_repo_name(name_prefix or run.config.slug(), "--name")
-    names = {"quantized": stem, "dataset": f"{stem}-silver-bullet", "adapter": f"{stem}-repair-lora"}
+    names = {"quantized": stem, "dataset": f"{stem}-silver-bullet", "adapter": f"{stem}-repair-lora",
+             "merged": f"{stem}-repaired"}
+    kinds = [kind for kind in REPO_KINDS if kind != "merged" or (run.root / "merged").is_dir()]
     plans = {
         kind: RepoPlan(kind=kind, repo_id=f"{namespace}/{check_repo_name(names[kind], '--name')}",
                        repo_type="dataset" if kind == "dataset" else "model", folder=root / names[kind])
-        for kind in REPO_KINDS
+        for kind in kinds
     }
     pulled = run.stage_summary("quantize").get("pulled_from")
     if pulled:
@@ -128,10 +131,9 @@ def build_repo_folders(run: Run, plans: dict[RepoKind, RepoPlan], command: str) 
     if not q_plan.external:
         _build_quantized_folder(run, q_plan, plans["adapter"].repo_id, common)
 
-    # Silver Bullet dataset
+    # Silver Bullet dataset, with an sft and a dpo configuration
     d_plan = plans["dataset"]
-    (d_plan.folder / DATA_FILE).parent.mkdir(parents=True)
-    shutil.copy2(run.silver_dir / DATA_FILE, d_plan.folder / DATA_FILE)
+    counts = write_dataset_configs(load_records(run.silver_dir), d_plan.folder)
     records = silver["records"]
     size_category = "n<1K" if records < 1000 else "1K<n<10K"
     dataset_card = DatasetCardData(
@@ -139,15 +141,18 @@ def build_repo_folders(run: Run, plans: dict[RepoKind, RepoPlan], command: str) 
         language=["en"], task_categories=["text-generation"], tags=["math", "quantization", "repair", "silver-bullet"],
         size_categories=[size_category], source_datasets=[dataset_id] if dataset_id else None,
         annotations_creators=["machine-generated"],
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": DATA_FILE}]}],
+        configs=[{"config_name": name, "data_files": [{"split": "train", "path": path}], **({"default": True} if name == "sft" else {})}
+                 for name, path in DATASET_CONFIGS.items()],
     )
     dropped = prepared["data"]["train"]["dropped"]
     DatasetCard.from_template(
         dataset_card, template_path=_template("dataset_card.md.j2"),
         quantized_repo=q_plan.repo_id, source=f"{dataset_name} ({config.dataset})",
         train_pool=prepared["data"]["train_pool"], frontiers_available=silver["frontiers_available"],
-        records=records, budget=silver["budget"],
+        records=records, budget=silver["budget"], selection=silver.get("selection", "frontier"),
+        sft_rows=counts["sft"], dpo_rows=counts["dpo"],
         dropped_text=", ".join(f"{n} {why}" for why, n in dropped.items()) or "none",
+        selection_dropped_text=", ".join(f"{n} {why}" for why, n in silver.get("dropped", {}).items()) or "none",
         notes_text=", ".join(f"{n} {why}" for why, n in silver["notes"].items()) or "none",
         step_histogram=silver["step_histogram"], error_types=silver["error_types"], **common,
     ).save(d_plan.folder / "README.md")
@@ -181,7 +186,9 @@ def build_repo_folders(run: Run, plans: dict[RepoKind, RepoPlan], command: str) 
         repo_name=a_plan.repo_id.split("/")[1], base_model=q_plan.repo_id, dataset_repo=d_plan.repo_id,
         records=trained["records_trained"], records_too_long=trained["records_too_long"],
         flips=verified["flips"], gap_closed_text=f"{gap:.1%}" if gap is not None else "n/a (no gap)",
-        objective=config.objective.upper(), lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+        objective_text=OBJECTIVE_TEXT[config.objective], selection=config.selection,
+        margins=verified.get("frontier_margins", {}), control=models.get("control"), nll_drop=verified.get("nll_drop"),
+        general=verified.get("general_text"), lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
         learning_rate=config.learning_rate, epochs=config.epochs, batch_size=config.batch_size,
         max_length=config.max_length, optimizer_steps=trained["optimizer_steps"], loss_first=trained["loss_first"],
         loss_last=trained["loss_last"], train_seconds=trained["seconds"],
@@ -190,7 +197,50 @@ def build_repo_folders(run: Run, plans: dict[RepoKind, RepoPlan], command: str) 
         **common,
     ).save(a_plan.folder / "README.md")
 
+    # Merged checkpoint (--merge)
+    if "merged" in plans:
+        _build_merged_folder(run, plans, verified, common)
+
     check_repo_folders(plans)
+
+
+OBJECTIVE_TEXT = {
+    "sft": "SFT, loss on the target step only",
+    "dpo": "DPO, the target step preferred over the quantized model's own step (reference: the quantized model)",
+    "sft+dpo": "SFT on the target step, then DPO on the same adapter",
+}
+DATASET_CONFIGS = {"sft": "sft/train-00000-of-00001.parquet", "dpo": "dpo/train-00000-of-00001.parquet"}
+
+
+def write_dataset_configs(records: list[SilverRecord], folder: Path) -> dict[str, int]:
+    """Write the records as the dataset repo's two configurations and return their row counts.
+
+    sft: every record, with TRL's prompt/completion columns. dpo: the records whose rejected step
+    exists and differs from the chosen one, with TRL's prompt/chosen/rejected columns. Both keep
+    the provenance columns (problem, step, selection, margins).
+    """
+    from datasets import Dataset
+
+    sft = [{"prompt": r.prompt, "completion": " " + r.chosen, **asdict(r)} for r in records]
+    dpo = [{**asdict(r), "prompt": r.prompt, "chosen": " " + r.chosen, "rejected": " " + r.rejected}
+           for r in preference_records(records)]
+    for name, rows in (("sft", sft), ("dpo", dpo)):
+        path = folder / DATASET_CONFIGS[name]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rows:
+            Dataset.from_list(rows).to_parquet(str(path))
+        else:
+            _write_empty_parquet(path)
+    return {"sft": len(sft), "dpo": len(dpo)}
+
+
+def _write_empty_parquet(path: Path) -> None:
+    """Write a file with no rows, so that a configuration the card declares still loads."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fields = [pa.field(name, pa.string()) for name in ("prompt", "chosen", "rejected", "problem_id")]
+    pq.write_table(pa.Table.from_pylist([], schema=pa.schema(fields)), path)
 
 
 def _build_quantized_folder(run: Run, q_plan: RepoPlan, adapter_repo: str, common: dict) -> None:
@@ -224,11 +274,32 @@ def _build_quantized_folder(run: Run, q_plan: RepoPlan, adapter_repo: str, commo
         card_data, template_path=_template("quantized_card.md.j2"), weights_text=weights_text,
         activations_text=activations_text, repo_id=q_plan.repo_id,
         repo_name=q_plan.repo_id.split("/")[1], base_model=original or config.model, group_size=quantized["group_size"],
-        group_size_reason=quantized["group_size_reason"], ignored_layers="lm_head", calibration=calibration,
+        group_size_reason=quantized["group_size_reason"], ignored_layers=", ".join(config.ignore), calibration=calibration,
         quantize_seconds=quantized["seconds"], checkpoint_mb=round(quantized["checkpoint_bytes"] / 1e6, 1),
         source_note=source_note, versions=library_versions(), recipe=quantized["recipe"],
         adapter_repo=adapter_repo, **common,
     ).save(q_plan.folder / "README.md")
+
+
+def _build_merged_folder(run: Run, plans: dict[RepoKind, RepoPlan], verified: dict, common: dict) -> None:
+    """Copy the re-quantized checkpoint with the adapter folded in and render its card."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config = run.config
+    m_plan = plans["merged"]
+    for item in (run.root / "merged").iterdir():
+        shutil.copy2(item, m_plan.folder / item.name)
+    original = run.stage_summary("prepare")["model"]["hub_id"]
+    card_data = ModelCardData(base_model=original, base_model_relation="quantized" if original else None,
+                              library_name="transformers", pipeline_tag="text-generation",
+                              license=run.stage_summary("prepare")["model"]["license"],
+                              tags=[config.method, "compressed-tensors", f"{config.bits}-bit", "math", "repair", "merged-lora"])
+    merged = verified["merged"]
+    ModelCard.from_template(
+        card_data, template_path=_template("merged_card.md.j2"), repo_name=m_plan.repo_id.split("/")[1],
+        adapter_repo=plans["adapter"].repo_id, quantized_repo=plans["quantized"].repo_id, merged=merged,
+        flips=verified["flips"], checkpoint_mb=round(merged["checkpoint_bytes"] / 1e6, 1), **common,
+    ).save(m_plan.folder / "README.md")
 
 
 def _has_cuda() -> bool:
@@ -316,7 +387,7 @@ def push_repos(plans: dict[RepoKind, RepoPlan], token: str, private: bool) -> di
 
     api = HfApi(token=token)
     urls: dict[RepoKind, str] = {}
-    for kind in REPO_KINDS:
+    for kind in [kind for kind in REPO_KINDS if kind in plans]:
         plan = plans[kind]
         if plan.external:
             urls[kind] = f"{api.endpoint}/{plan.url_path}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ os.environ.setdefault("LLM_COMPRESSOR_LOG_DISABLED", "true")
 os.environ.setdefault("COMPRESSED_TENSORS_LOG_DISABLED", "true")
 
 GROUP_SIZE_CANDIDATES = (128, 64, 32, 16)
-IGNORED_LAYERS = ["lm_head"]  # the output head stays in full precision, as llm-compressor's examples do
+IGNORED_LAYERS = ("lm_head",)  # the output head stays in full precision, as llm-compressor's examples do
 SMOOTHING_STRENGTH = 0.8  # SmoothQuant's alpha: the share of activation outliers moved into the weights
 CALIBRATED_METHODS = ("gptq", "awq", "smoothquant")
 
@@ -39,20 +40,49 @@ class QuantizeResult:
     recipe: str
 
 
-def linear_widths(model) -> dict[str, int]:
+def is_ignored(name: str, module, ignore: tuple[str, ...] | list[str]) -> bool:
+    """Return whether a layer matches an entry of ``ignore`` the way llm-compressor matches them.
+
+    An entry matches a full module name, a module class name, or, written ``re:PATTERN``, the
+    names that the regular expression matches from their start.
+    """
+    for entry in ignore:
+        if entry.startswith("re:"):
+            if re.match(entry[3:], name):
+                return True
+        elif entry in (name, type(module).__name__):
+            return True
+    return False
+
+
+def check_ignore(model, ignore: tuple[str, ...] | list[str]) -> None:
+    """Raise ``ConfigError`` for an --ignore entry that matches no linear layer, or one that leaves none to quantize."""
+    import torch
+
+    linear = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    for entry in ignore:
+        if not any(is_ignored(name, module, [entry]) for name, module in linear):
+            raise ConfigError(f"--ignore {entry} matches no linear layer of the model",
+                              f"Give a full layer name such as {linear[-1][0]}, a class name, or re:PATTERN")
+    if all(is_ignored(name, module, ignore) for name, module in linear):
+        raise ConfigError("--ignore leaves no linear layer to quantize", "Ignore fewer layers")
+
+
+def linear_widths(model, ignore: tuple[str, ...] | list[str] = IGNORED_LAYERS) -> dict[str, int]:
     """Return the input width of every linear layer that will be quantized."""
     import torch
 
     return {
         name: module.in_features
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] not in IGNORED_LAYERS
+        if isinstance(module, torch.nn.Linear) and not is_ignored(name, module, ignore)
     }
 
 
-def choose_group_size(model, requested: int | None) -> tuple[int, str]:
+def choose_group_size(model, requested: int | None,
+                      ignore: tuple[str, ...] | list[str] = IGNORED_LAYERS) -> tuple[int, str]:
     """Pick a group size that divides every quantized layer's input width; return it with the reason."""
-    widths = linear_widths(model)
+    widths = linear_widths(model, ignore)
     if requested is not None:
         bad = sorted({width for width in widths.values() if width % requested})
         if bad:
@@ -82,7 +112,7 @@ def _gcd(values) -> int:
     return result
 
 
-def build_recipe(method: Method, bits: int, group_size: int) -> list:
+def build_recipe(method: Method, bits: int, group_size: int, ignore: tuple[str, ...] | list[str] = IGNORED_LAYERS) -> list:
     """Return the llm-compressor modifiers of a method, following llm-compressor's own example recipes.
 
     GPTQ and RTN: symmetric grouped integer weights. AWQ: asymmetric grouped weights after AWQ's
@@ -97,18 +127,18 @@ def build_recipe(method: Method, bits: int, group_size: int) -> list:
         from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
 
         return [SmoothQuantModifier(smoothing_strength=SMOOTHING_STRENGTH),
-                GPTQModifier(targets="Linear", scheme="W8A8", ignore=IGNORED_LAYERS)]
+                GPTQModifier(targets="Linear", scheme="W8A8", ignore=list(ignore))]
 
     weights = QuantizationArgs(num_bits=bits, type="int", symmetric=method != "awq", strategy="group",
                                group_size=group_size)
     groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
     if method == "gptq":
-        return [GPTQModifier(config_groups=groups, ignore=IGNORED_LAYERS)]
+        return [GPTQModifier(config_groups=groups, ignore=list(ignore))]
     if method == "awq":
         from llmcompressor.modifiers.transform.awq import AWQModifier
 
-        return [AWQModifier(duo_scaling="both"), QuantizationModifier(config_groups=groups, ignore=IGNORED_LAYERS)]
-    return [QuantizationModifier(config_groups=groups, ignore=IGNORED_LAYERS)]
+        return [AWQModifier(duo_scaling="both"), QuantizationModifier(config_groups=groups, ignore=list(ignore))]
+    return [QuantizationModifier(config_groups=groups, ignore=list(ignore))]
 
 
 @contextlib.contextmanager
@@ -140,7 +170,8 @@ def calibration_texts(tokenizer, problems: list[Problem]) -> list[str]:
 
 def quantize(reference_dir: Path, output_dir: Path, method: Method, bits: int, group_size: int | None,
              calibration: list[Problem], calibration_length: int,
-             progress: ProgressCallback | None = None) -> QuantizeResult:
+             progress: ProgressCallback | None = None,
+             ignore: tuple[str, ...] | list[str] = IGNORED_LAYERS) -> QuantizeResult:
     """Quantize the model saved in ``reference_dir`` and write a compressed-tensors checkpoint."""
     import torch
     from datasets import Dataset
@@ -152,10 +183,11 @@ def quantize(reference_dir: Path, output_dir: Path, method: Method, bits: int, g
     # Load and choose the scheme
     model = AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32)
     tokenizer = load_tokenizer(reference_dir)
-    size, reason = choose_group_size(model, group_size)
+    check_ignore(model, ignore)
+    size, reason = choose_group_size(model, group_size, ignore)
     if method == "smoothquant":
         size, reason = 0, "no groups: SmoothQuant W8A8 uses one scale per output channel"
-    recipe = build_recipe(method, bits, size)
+    recipe = build_recipe(method, bits, size, ignore)
     log.info("Quantizing with %s W%d, %s", method.upper(), bits, reason)
 
     # Calibrate (GPTQ) or round (RTN)
@@ -243,13 +275,17 @@ def dry_run_report(config, token: str | None = None) -> str:
         empty = AutoModelForCausalLM.from_config(model_settings)
     empty.tie_weights()
     parameters = empty.num_parameters()
-    quantized_parameters = sum(width * out for width, out in _linear_shapes(empty))
-    size, reason = (0, "per output channel (SmoothQuant)") if config.method == "smoothquant" else choose_group_size(empty, config.group_size)
-    recipe = build_recipe(config.method, config.bits, size or 64)
+    check_ignore(empty, config.ignore)
+    quantized_parameters = sum(width * out for width, out in _linear_shapes(empty, config.ignore))
+    if config.method == "smoothquant":
+        size, reason = 0, "per output channel (SmoothQuant)"
+    else:
+        size, reason = choose_group_size(empty, config.group_size, config.ignore)
+    recipe = build_recipe(config.method, config.bits, size or 64, config.ignore)
 
     # Pull candidates
     lines = [f"model: {source.describe()} ({parameters / 1e6:.0f}M parameters, {type(empty).__name__})",
-             f"recipe: {config.method} W{config.bits}, {reason}"]
+             f"recipe: {config.method} W{config.bits}, {reason}; left unquantized: {', '.join(config.ignore)}"]
     lines += [f"  {type(modifier).__name__}" for modifier in recipe]
     if config.quantized_repo:
         lines.append(f"quantized checkpoint: {config.quantized_repo} (named with --quantized)")
@@ -274,8 +310,8 @@ def dry_run_report(config, token: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _linear_shapes(model) -> list[tuple[int, int]]:
+def _linear_shapes(model, ignore: tuple[str, ...] | list[str]) -> list[tuple[int, int]]:
     import torch
 
     return [(module.in_features, module.out_features) for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and name.split(".")[-1] not in IGNORED_LAYERS]
+            if isinstance(module, torch.nn.Linear) and not is_ignored(name, module, ignore)]

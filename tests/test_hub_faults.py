@@ -9,7 +9,9 @@ import uuid
 import pytest
 
 from repair.errors import HubError, ModelSourceError
-from repair.publish import REPO_KINDS, RepoPlan, push_repos
+from repair.publish import RepoPlan, push_repos
+
+KINDS = ("quantized", "dataset", "adapter")  # the repos of every run; a merged checkpoint is optional
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +28,7 @@ def plans(tmp_path) -> dict:
     stem = f"faults-{uuid.uuid4().hex[:8]}"
     names = {"quantized": stem, "dataset": f"{stem}-silver-bullet", "adapter": f"{stem}-repair-lora"}
     plans = {}
-    for kind in REPO_KINDS:
+    for kind in KINDS:
         folder = tmp_path / names[kind]
         folder.mkdir()
         (folder / "README.md").write_text(f"---\nlicense: apache-2.0\n---\n# {kind}\n")
@@ -61,7 +63,7 @@ def test_commit_5xx_retried(plans, hub_faults, hub_api, caplog):
     with caplog.at_level(logging.WARNING, logger="repair.retry"):
         urls = push_repos(plans, "hf_test_write", private=False)
 
-    assert set(urls) == set(REPO_KINDS)
+    assert set(urls) == set(KINDS)
     assert _commit_statuses(hub_faults, quantized) == [503, 503, 200]
     assert _retry_lines(caplog) == [
         f"upload of {quantized.repo_id} failed (HTTP 503); retry 1 of 4 in 0.0 s",

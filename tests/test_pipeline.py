@@ -1,15 +1,18 @@
 """Run folders, resuming, and the whole pipeline on the tiny model with publishing to the stand-in."""
 
 import json
+from pathlib import Path
 
 import pytest
 from huggingface_hub import metadata_load
 
-from model_fixtures import tiny_run_config
+from model_fixtures import DATA_ROOT, tiny_run_config
 from repair.config import PublishConfig
 from repair.errors import HubError, RunFolderError
 from repair.pipeline import Run
 from repair.publish import publish
+
+GENERAL_TEXT = DATA_ROOT / "general" / "tinyshakespeare-120k.txt"
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +95,10 @@ def test_publish_to_stand_in(finished_run, hub_api, tmp_path):
     assert adapter["base_model"] == "testorg/tiny-repair"
     assert adapter["base_model_relation"] == "adapter"
     assert "testorg/tiny-repair-silver-bullet" in adapter["datasets"]
-    assert dataset["configs"][0]["data_files"][0]["path"] == "data/train-00000-of-00001.parquet"
+    configs = {entry["config_name"]: entry for entry in dataset["configs"]}
+    assert configs["sft"]["data_files"][0]["path"] == "sft/train-00000-of-00001.parquet"
+    assert configs["sft"]["default"] is True
+    assert configs["dpo"]["data_files"][0]["path"] == "dpo/train-00000-of-00001.parquet"
     config = json.loads(open(hf_hub_download("testorg/tiny-repair-repair-lora", "adapter_config.json",
                                              token="hf_test_write")).read())
     assert config["base_model_name_or_path"] == "testorg/tiny-repair"
@@ -101,6 +107,10 @@ def test_publish_to_stand_in(finished_run, hub_api, tmp_path):
 
     rows = load_dataset("testorg/tiny-repair-silver-bullet", split="train", token="hf_test_write")
     assert len(rows) == finished_run.stage_summary("silver")["records"]
+    assert {"prompt", "completion", "problem_id", "step_index", "source"} <= set(rows.column_names)
+    pairs = load_dataset("testorg/tiny-repair-silver-bullet", "dpo", split="train", token="hf_test_write")
+    assert {"prompt", "chosen", "rejected"} <= set(pairs.column_names)
+    assert all(pair["chosen"].strip() != pair["rejected"].strip() for pair in pairs)
 
 
 def test_read_only_token_publishes_nothing(finished_run, hub_api):
@@ -115,3 +125,73 @@ def test_foreign_namespace_publishes_nothing(finished_run, hub_api):
         publish(finished_run, PublishConfig(namespace="otheruser", name_prefix="never", token="hf_test_write"),
                 command="repair push")
     assert not hub_api.repo_exists("otheruser/never", token="hf_other_write")
+
+
+def test_baseline_run_with_control(tiny_model_dir, small_gsm8k, tmp_path):
+    config = tiny_run_config(tiny_model_dir, small_gsm8k, selection="random", objective="sft+dpo", control=True,
+                             general_text=str(GENERAL_TEXT), seed=3)
+    run = Run(config, tmp_path / "baseline")
+    run.run("verify")
+
+    silver = run.stage_summary("silver")
+    assert silver["selection"] == "random"
+    assert silver["records"] == 8
+    from repair.silver import load_records
+
+    records = load_records(run.silver_dir)
+    assert {r.source for r in records} == {"random"}
+    assert all(r.rejected.strip() for r in records)  # generated for DPO in the silver stage
+    trained = run.stage_summary("restore")
+    assert trained["objective"] == "sft+dpo"
+    assert trained["control"]["base"] == "reference"
+    assert (run.root / "control-adapter" / "adapter_model.safetensors").is_file()
+
+    verify = json.loads((run.root / "verify.json").read_text())
+    assert verify["models"]["control"]["problems"] == 6
+    assert verify["nll_drop"]["control"] == pytest.approx(
+        verify["models"]["reference"]["nll"] - verify["models"]["control"]["nll"], abs=1e-3)
+    general = verify["general_text"]
+    assert set(general) >= {"reference", "quantized", "repaired", "control"}
+    assert general["reference"]["tokens"] == general["repaired"]["tokens"] > 1000
+    assert general["reference"]["nll"] != general["quantized"]["nll"]
+
+
+def test_fork_reuses_stages_and_merges(finished_run, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import repair.pipeline as pipeline
+
+    def fail(*args):
+        raise AssertionError("a shared stage ran again")
+
+    for name in ("_prepare", "_quantize", "_measure", "_locate"):
+        monkeypatch.setattr(pipeline, name, fail)
+    forked = finished_run.fork(replace(finished_run.config, merge=True, seed=5, budget=4), tmp_path / "fork")
+    forked.run("verify")
+
+    assert forked.stage_summary("silver")["records"] <= 4
+    merged = json.loads((forked.root / "verify.json").read_text())["merged"]
+    assert merged["problems"] == 6
+    assert merged["nll"] > 0
+    assert merged["checkpoint_bytes"] > 0
+    assert (forked.root / "merged" / "recipe.yaml").is_file()
+    assert not (forked.root / ".merged-dense").exists()
+
+    result = publish(forked, PublishConfig(namespace="testuser", name_prefix="forked", push=False, output=tmp_path / "out"),
+                     command="repair push tiny --bits 2 --merge")
+    assert result["repos"]["merged"] == "testuser/forked-repaired"
+    card = metadata_load(tmp_path / "out" / "forked-repaired" / "README.md")
+    assert card["base_model_relation"] == "quantized"
+    assert "merged-lora" in card["tags"]
+    saved = json.loads((tmp_path / "out" / "forked-repaired" / "config.json").read_text())
+    assert saved["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert f"| {merged['nll']} |" in (tmp_path / "out" / "forked-repaired" / "README.md").read_text()
+
+
+def test_fork_rejects_other_quantization(finished_run, tmp_path):
+    from dataclasses import replace
+
+    with pytest.raises(RunFolderError, match="bits differ before the silver stage"):
+        finished_run.fork(replace(finished_run.config, bits=4), tmp_path / "fork")
+    with pytest.raises(RunFolderError, match="--budget 99"):
+        finished_run.fork(replace(finished_run.config, budget=99), tmp_path / "fork2")

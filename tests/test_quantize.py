@@ -82,3 +82,25 @@ def test_impossible_combinations_rejected(settings, message):
 def test_gptq_needs_calibration(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="gptq needs calibration"):
         quantize(tiny_model_dir, tmp_path / "q", "gptq", 4, None, [], 64)
+
+
+def test_ignored_layers_stay_dense(tiny_model_dir, tmp_path):
+    quantize(tiny_model_dir, tmp_path / "q", "rtn", 2, None, [], 64, ignore=["lm_head", "re:.*down_proj"])
+    saved = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    assert "re:.*down_proj" in saved["ignore"] or "model.layers.0.mlp.down_proj" in saved["ignore"]
+
+    model = load_quantized(tmp_path / "q")
+    up = model.model.layers[0].mlp.up_proj.weight.detach().reshape(-1, 64)
+    down = model.model.layers[0].mlp.down_proj.weight.detach().reshape(-1, 64)
+    assert max(len(torch.unique(group)) for group in up) <= 4
+    assert max(len(torch.unique(group)) for group in down) > 4
+
+
+@pytest.mark.parametrize(("ignore", "message"), [
+    (["lm_head", "no_such_layer"], "--ignore no_such_layer matches no linear layer"),
+    (["re:.*"], "--ignore leaves no linear layer to quantize"),
+])
+def test_bad_ignore_rejected(tiny_model_dir, tmp_path, ignore, message):
+    with pytest.raises(ConfigError, match=message):
+        quantize(tiny_model_dir, tmp_path / "q", "rtn", 4, None, [], 64, ignore=ignore)
+    assert not (tmp_path / "q").exists()
