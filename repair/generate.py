@@ -14,14 +14,17 @@ import time
 from dataclasses import asdict, dataclass
 
 from repair.progress import ProgressCallback, track
-from repair.steps import ANSWER_PREFIX, PROMPT_TEMPLATE, Problem, format_solution, parse_step_line
+from repair.steps import PROMPT_TEMPLATE, Problem, format_solution
 
 log = logging.getLogger(__name__)
 
-_STEP_LINE = re.compile(r"^\s*Step\s*\d+\s*:", re.IGNORECASE)
-_ANSWER_LINE = re.compile(r"^\s*" + re.escape(ANSWER_PREFIX.strip()), re.IGNORECASE)
+# Markdown emphasis and list numbers that small models put before a line: "**", "1.", "2)".
+_LINE_DECORATION = re.compile(r"^\s*(?:[*#>-]+\s*)*(?:\d+[.)]\s+)?(?:\*\*)?")
+_STEP_LINE = re.compile(r"^\s*Step\s*\d+\s*:\s*(?:\*\*)?", re.IGNORECASE)
+# The answer line as asked for, or without its colon ("The answer is 20.").
+_ANSWER_LINE = re.compile(r"^\s*The answer is\s*:?", re.IGNORECASE)
 # A complete answer line: the prefix, some text, then a newline.
-_ANSWER_DONE = re.compile(re.escape(ANSWER_PREFIX.strip()) + r"[^\n]*\S[^\n]*\n")
+_ANSWER_DONE = re.compile(r"The answer is\s*:?[^\n]*\S[^\n]*\n", re.IGNORECASE)
 
 
 @dataclass
@@ -58,21 +61,27 @@ def parse_solution(text: str) -> tuple[list[str], str | None]:
     """Split generated text into step bodies and the answer line's contents.
 
     Every non-empty line before the answer line is a step, with or without its ``Step k:``
-    header, so a model that drops the headers is still read line by line. Text after the
-    answer line is ignored.
+    header and list numbering, so a model that drops the headers is still read line by line.
+    Text after the answer line is ignored.
     """
     steps: list[str] = []
-    for line in text.splitlines():
+    for raw_line in text.splitlines():
+        line = _LINE_DECORATION.sub("", raw_line)
         if _ANSWER_LINE.match(line):
-            return steps, _ANSWER_LINE.sub("", line).strip().lstrip(":").strip()
-        body = parse_step_line(line) if _STEP_LINE.match(line) else line.strip()
+            return steps, _ANSWER_LINE.sub("", line).strip().strip("*").rstrip(".").strip()
+        body = _STEP_LINE.sub("", line).strip()
         if body:
             steps.append(body)
     return steps, None
 
 
+# A row that writes the same line this many times in a row is looping and will not reach an answer.
+REPEATED_LINES_STOP = 3
+
+
 class AnswerLineStop:
-    """A stopping criterion that marks a row done once its generated text has a complete answer line."""
+    """A stopping criterion that marks a row done once its generated text has a complete answer line,
+    or once it has written the same line ``REPEATED_LINES_STOP`` times in a row."""
 
     def __init__(self, tokenizer, prompt_length: int):
         self.tokenizer = tokenizer
@@ -81,9 +90,17 @@ class AnswerLineStop:
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        done = [bool(_ANSWER_DONE.search(self.tokenizer.decode(row[self.prompt_length:], skip_special_tokens=True)))
+        done = [self._row_done(self.tokenizer.decode(row[self.prompt_length:], skip_special_tokens=True))
                 for row in input_ids]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    @staticmethod
+    def _row_done(text: str) -> bool:
+        if _ANSWER_DONE.search(text):
+            return True
+        lines = [line.strip() for line in text.split("\n")[:-1] if line.strip()]
+        last = lines[-REPEATED_LINES_STOP:]
+        return len(last) == REPEATED_LINES_STOP and len(set(last)) == 1
 
 
 def generate_solutions(model, tokenizer, problems: list[Problem], examples: list[Problem] | None = None,

@@ -38,6 +38,11 @@ def test_parse_solution_steps_and_answer():
     assert parse_solution(text) == (["48 / 2 = 24", "48 + 24 = 72"], "72")
 
 
+def test_parse_solution_list_numbers_and_bare_answer():
+    text = "1. Step 1: 20 + 4 = 24\n2) **Step 2:** 24 * 2 = 48\nThe answer is 48."
+    assert parse_solution(text) == (["20 + 4 = 24", "24 * 2 = 48"], "48")
+
+
 def test_parse_solution_without_headers_or_answer():
     assert parse_solution("First 2 + 2 = 4\nthen more") == (["First 2 + 2 = 4", "then more"], None)
 
@@ -50,6 +55,12 @@ def test_answer_line_stop(tokenizer):
     rows = [ids + [2] * (width - len(ids)) for ids in (unfinished, finished)]
     done = AnswerLineStop(tokenizer, len(prompt))(torch.tensor(rows), None)
     assert done.tolist() == [False, True]
+
+
+def test_stop_on_repeated_lines():
+    assert AnswerLineStop._row_done("Step 1: 20\nStep 1: 20\nStep 1: 20\n")
+    assert not AnswerLineStop._row_done("Step 1: 20\nStep 1: 20\nStep 1: 20")
+    assert not AnswerLineStop._row_done("Step 1: 20\nStep 2: 4\nStep 1: 20\n")
 
 
 def test_batched_generation_matches_single(tiny_model, tokenizer, problems):
