@@ -41,6 +41,7 @@ _NUMBER_WORDS = {
 _NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])-?\d+(?:\.\d+)?|(?<![\w.])-?\.\d+")
 # The arithmetic run just before an '=': digits, operators, brackets, currency, percent and 'x' as times.
 _EXPRESSION_TAIL = re.compile(r"[\d.,\s+\-*/x×÷()$%]*$")
+_EXPRESSION_HEAD = re.compile(r"^[\d.,\s+\-*/x×÷()$%]*")
 _STATED = re.compile(r"^\s*\$?\s*(-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?)")
 _OPERATOR = re.compile(r"\d\s*[%)]?\s*[+\-*/x×÷]\s*[$(]?\s*\.?\d")
 
@@ -113,8 +114,15 @@ def equations_of(step: str) -> list[Equation]:
         stated = _STATED.match(right)
         if not expression or stated is None or not _OPERATOR.search(expression):
             continue
-        found.append(Equation(expression, numbers_of(expression), to_float(stated.group(1)), stated.group(1),
-                              evaluate(expression)))
+        stated_value, stated_text = to_float(stated.group(1)), stated.group(1)
+        # In a chain such as '12 / 2 = 2 * 3 = 6' the middle link states an expression, not a number.
+        head = _EXPRESSION_HEAD.match(right).group(0).strip().rstrip(".,")
+        if _OPERATOR.search(head):
+            head_value = evaluate(head)
+            if head_value is None:
+                continue
+            stated_value, stated_text = head_value, repr(head_value)
+        found.append(Equation(expression, numbers_of(expression), stated_value, stated_text, evaluate(expression)))
     return found
 
 
@@ -182,21 +190,25 @@ def diagnose_step(question: str, prefix: list[str], step: str, reference: list[s
     from_steps = {value for earlier in prefix for value in numbers_of(earlier)}
     reference_values = {value for line in reference for value in numbers_of(line)}
 
-    if step.strip().startswith(ANSWER_PREFIX.strip()):
-        return _check_answer_line(step, prefix, reference, same_position)
-
     equations = equations_of(step)
     for equation in equations:
         if equation.value is not None and not result_matches(equation.value, equation.stated, equation.stated_text):
             return "execution", f"{equation.expression} is {equation.value:g}, not {equation.stated_text}", same_position
+
+    if step.strip().startswith(ANSWER_PREFIX.strip()):
+        return _check_answer_line(step, prefix, reference, same_position, from_problem)
 
     operands = [operand for equation in equations for operand in equation.operands]
     aligned = align_reference(operands, reference, position) if operands else None
     if aligned is not None:
         reference_step = reference[aligned]
         only_generated, only_reference = _multiset_difference(operands, _step_operands(reference_step))
+        # Results of earlier links in the same step are as good as results of earlier steps.
+        within_step = {e.stated for e in equations}
         for operand in only_generated:
-            if any(same_quantity(operand, known) for known in from_problem | from_steps):
+            if any(same_quantity(operand, known) for known in from_problem | from_steps | within_step):
+                continue
+            if not only_reference and operand in COMMON_CONSTANTS:
                 continue
             replaced_earlier_result = any(
                 any(same_quantity(value, known) for known in from_steps)
@@ -229,13 +241,22 @@ def diagnose_step(question: str, prefix: list[str], step: str, reference: list[s
     return None, "", same_position
 
 
-def _check_answer_line(step: str, prefix: list[str], reference: list[str], same_position: str) -> tuple[ErrorType | None, str, str]:
-    """Flag an answer line whose value is not the last value the steps arrived at."""
+def _check_answer_line(step: str, prefix: list[str], reference: list[str], same_position: str,
+                       from_problem: set[float]) -> tuple[ErrorType | None, str, str]:
+    """Flag an answer line whose value is not the last value the steps arrived at.
+
+    Without any earlier value, an answer that is not a quantity of the problem came from
+    nowhere, which counts as conceptual.
+    """
     values = numbers_of(step[len(ANSWER_PREFIX.strip()):])
     last_values = next((numbers_of(earlier) for earlier in reversed(prefix) if numbers_of(earlier)), [])
     reference_step = reference[-1] if reference else same_position
-    if not values or not last_values:
+    if not values:
         return None, "", reference_step
+    if not last_values:
+        if any(same_quantity(values[-1], known) for known in from_problem):
+            return None, "", reference_step
+        return "conceptual", f"answer {values[-1]:g} follows from no step and is not in the problem", reference_step
     last_equations = next((equations_of(earlier) for earlier in reversed(prefix) if equations_of(earlier)), [])
     last = last_equations[-1].stated if last_equations else last_values[-1]
     if not _close(values[-1], last) and not any(_close(values[-1], value) for value in last_values[-1:]):

@@ -114,3 +114,19 @@ def test_first_faulty_step_answer_line():
 
 def test_first_faulty_step_correct_solution():
     assert first_faulty_step(NATALIA, NATALIA_REF, "72", NATALIA_REF) is None
+
+
+# Shapes seen in a 3-bit model's own solutions, checked after the hand-labelled set above.
+def test_chain_with_expression_link():
+    assert classify_step(SHIRTS, SHIRTS_REF[:1], "It has 1,500 - 750 = 750 * 1 = 750 shirts left.", SHIRTS_REF) is None
+    assert classify_step(SHIRTS, SHIRTS_REF[:1], "It has 1,500 - 750 = 750 * 1 = 850 shirts left.", SHIRTS_REF) == "execution"
+
+
+def test_answer_line_with_false_arithmetic():
+    step = "The answer is: 16 * 4 = 6"
+    assert classify_step(JANET, [], step, JANET_REF) == "execution"
+
+
+def test_bare_answer_without_steps():
+    assert classify_step(JANET, [], "The answer is: 12", JANET_REF) == "conceptual"
+    assert classify_step(JANET, [], "The answer is: 16", JANET_REF) is None
