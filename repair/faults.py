@@ -121,7 +121,7 @@ def equations_of(step: str) -> list[Equation]:
             head_value = evaluate(head)
             if head_value is None:
                 continue
-            stated_value, stated_text = head_value, repr(head_value)
+            stated_value, stated_text = head_value, head
         found.append(Equation(expression, numbers_of(expression), stated_value, stated_text, evaluate(expression)))
     return found
 
