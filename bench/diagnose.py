@@ -9,8 +9,10 @@ On the first N GSM8K test problems and the models of a finished ``repair diagnos
    task (its own 5-shot prompt, strict and flexible extractors) on the same problems, with
    per-problem agreement and time.
 
-lm-eval runs in its own virtual environment, on the run's reference safetensors folder, with a
-copy of its GSM8K task that reads the local JSON lines files, so nothing is downloaded:
+lm-eval runs in its own virtual environment (``pip install "lm-eval[hf]==0.4.13" torch==2.13.0``;
+the ``hf`` extra brings accelerate), on the run's reference safetensors folder, with a copy of
+its GSM8K task that reads the local JSON lines files, so nothing is downloaded. Run it from the
+checkout with ``PYTHONPATH=.`` so that ``repair`` is imported from here:
 
     python bench/diagnose.py --run-dir repair-runs/smollm2-135m-gptq-w3-<hash> --limit 100
     python bench/diagnose.py --run-dir RUN --limit 8 --generations DIAGNOSIS_OUTPUT --lmeval-python /work/lmeval-venv/bin/python
