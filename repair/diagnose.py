@@ -66,8 +66,10 @@ class DiagnoseConfig:
             if value <= 0:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} must be positive, got {value}", f"Pass a positive {flag}")
-        if self.few_shot < 0 or self.margin_traces < 0:
-            raise ConfigError("--few-shot must not be negative", "Pass 0 or more")
+        for name in ("few_shot", "margin_traces"):
+            if getattr(self, name) < 0:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must not be negative, got {getattr(self, name)}", f"Pass 0 or more to {flag}")
         if self.judges > 1 and self.judge is None:
             raise ConfigError(f"--judges {self.judges} needs a judge model", "Pass --judge MODEL, or drop --judges")
 

@@ -105,6 +105,8 @@ def test_config_rejects_bad_values():
         DiagnoseConfig(dataset="x", reference="teacher")
     with pytest.raises(ConfigError, match="--limit must be positive"):
         DiagnoseConfig(dataset="x", limit=0)
+    with pytest.raises(ConfigError, match="--few-shot must not be negative, got -1"):
+        DiagnoseConfig(dataset="x", few_shot=-1)
     with pytest.raises(ConfigError, match="needs a judge model"):
         DiagnoseConfig(dataset="x", judges=3)
 
