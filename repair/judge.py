@@ -113,6 +113,11 @@ class Judge:
         error_type, type_votes = self.error_type(question, lines[:index], lines[index], reference)
         reference_step = reference[min(index, len(reference) - 1)] if reference else ""
         detail = f"judge {self.name}: step votes {[v + 1 for v in step_votes]}, type votes {type_votes}"
+        # A judge that always picks the same position gives rotated votes that never agree.
+        if Counter(type_votes).most_common(1)[0][1] * 2 <= len(type_votes) and len(type_votes) > 1:
+            detail += "; no majority on the type, so the first vote was kept"
+            log.warning("Judge %s reached no majority on the error type of step %d: %s",
+                        self.name, index + 1, type_votes)
         return Fault(index, error_type, lines[index], reference_step, detail)
 
 
