@@ -207,9 +207,52 @@ def _stage_command(until: str, help_text: str):
     return command
 
 
-_stage_command("locate", "Quantize, score both models by teacher forcing, and locate each problem's first faulty step.")
 _stage_command("restore", "Run every stage up to training the LoRA adapter on the Silver Bullet records.")
 _stage_command("verify", "Run every stage up to the held-out comparison of full-precision, quantized and repaired models.")
+
+
+@cli.command()
+@_run_options
+@click.option("--eval-dataset", default=None,
+              help="Problems the models solve for the report: GSM8K, MATH-500, AIME, MAWPS or any dataset with "
+                   "question and answer columns, as a Hub id or local file or folder; by default --dataset.")
+@click.option("--split", default="test", show_default=True, help="Split of the evaluation dataset.")
+@click.option("--question-field", default=None, help="Column of the evaluation dataset with the question.")
+@click.option("--answer-field", default=None, help="Column of the evaluation dataset with the final answer.")
+@click.option("--limit", type=int, default=200, show_default=True, help="Problems both models solve.")
+@click.option("--reference", type=click.Choice(["fp", "gold", "auto"]), default="auto", show_default=True,
+              help="Reference solution: the full-precision model's own correct one, the dataset's, or fp where it "
+                   "solved the problem and gold elsewhere.")
+@click.option("--few-shot", type=int, default=0, show_default=True, help="Worked examples in the prompt.")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Maximum generated tokens per solution.")
+@click.option("--generation-batch-size", type=int, default=16, show_default=True, help="Problems generated together.")
+@click.option("--judge", default=None, help="Model (local folder, .gguf, alias or Hub id) that judges wrong solutions the rules cannot place.")
+@click.option("--judges", type=int, default=1, show_default=True, help="Judge votes per decision; the majority wins.")
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="Folder that receives diagnosis.json and report.html; by default <run folder>/report.")
+@_handle_errors
+def diagnose(eval_dataset, split, question_field, answer_field, limit, reference, few_shot, max_new_tokens,
+             generation_batch_size, judge, judges, output, **kwargs):
+    """Score both models by teacher forcing, generate solutions, find each first faulty step, and write a report.
+
+    \b
+    Example:
+        repair diagnose smollm2-135m --bits 3 --dataset ./gsm8k --limit 200 --output diagnosis
+    """
+    from repair.diagnose import DiagnoseConfig, diagnose_run
+
+    settings = DiagnoseConfig(dataset=eval_dataset or kwargs["dataset"], split=split, question_field=question_field,
+                              answer_field=answer_field, dataset_config=kwargs["dataset_config"], limit=limit,
+                              reference=reference, few_shot=few_shot, max_new_tokens=max_new_tokens,
+                              batch_size=generation_batch_size, judge=judge, judges=judges)
+    run, _ = _build_run(kwargs)
+    diagnosis = diagnose_run(run, settings, output)
+    _print_summary(run, None)
+    accuracy = diagnosis["accuracy"]
+    click.echo(f"generated accuracy (strict / flexible): full precision {accuracy['fp']['strict']:.1%} / "
+               f"{accuracy['fp']['flexible']:.1%}, quantized {accuracy['q']['strict']:.1%} / {accuracy['q']['flexible']:.1%}")
+    click.echo(f"first faulty steps: {diagnosis['fault_histogram']}; error types: {diagnosis['error_types']}")
+    click.echo(f"report: {(output or run.root / 'report') / 'report.html'}")
 
 
 @cli.command()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from repair.errors import DatasetError
-from repair.steps import Problem, split_gsm8k_solution
+from repair.steps import Problem, normalize_number, split_gsm8k_solution
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +186,111 @@ def _parse_rows(rows: list[dict], dropped: Counter, source: str, limit: int | No
         if limit is not None and len(problems) >= limit:
             break
     return LoadedSplit(problems=problems, dropped=dropped, source=source)
+
+
+# Evaluation sets for the generated diagnosis. Unlike training data they need no step-by-step
+# solution: a question and a final answer are enough, and a gold solution, when the row has one,
+# becomes the reference steps.
+_EVAL_QUESTION_FIELDS = ("question", "problem", "input", "Question", "Problem")
+_EVAL_ANSWER_FIELDS = ("answer", "target", "Answer", "final_answer")
+_EVAL_SOLUTION_FIELDS = ("solution", "rationale")
+_ASY_BLOCK = re.compile(r"\[asy\].*?\[/asy\]", re.DOTALL)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\\$])")
+
+
+def load_eval_split(dataset: str, split: Split = "test", question_field: str | None = None,
+                    answer_field: str | None = None, config_name: str | None = None, limit: int | None = None,
+                    token: str | None = None) -> LoadedSplit:
+    """Load up to ``limit`` problems with final answers from GSM8K, MATH-500, AIME, MAWPS or named columns.
+
+    A local folder without a ``split`` file contributes all of its data files, as MAWPS does;
+    a single local file is used whole.
+    """
+    path = Path(dataset).expanduser()
+    if path.exists():
+        rows, dropped, source = _read_eval_local(path, split)
+    elif "/" in dataset and not dataset.startswith((".", "/")):
+        rows, dropped, source = _read_hub(dataset, split, config_name, token)
+    else:
+        raise DatasetError(f"dataset {dataset} not found", "Give a Hub dataset id or a local file or folder")
+
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for row in rows:
+        parsed = parse_eval_row(row, question_field, answer_field)
+        if isinstance(parsed, str):
+            dropped[parsed] += 1
+            continue
+        if parsed.id in seen:
+            dropped["duplicate question"] += 1
+            continue
+        seen.add(parsed.id)
+        problems.append(parsed)
+        if limit is not None and len(problems) >= limit:
+            break
+
+    if not problems:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in dropped.items()) or "no rows"
+        fields = ", ".join(sorted(rows[0])) if rows else "none"
+        raise DatasetError(f"dataset {dataset} ({split} split) has no usable problems ({reasons}; columns: {fields})",
+                           "Name the columns with --question-field and --answer-field")
+    if dropped:
+        log.warning("Dropped rows from %s: %s", source, dict(dropped))
+    return LoadedSplit(problems=problems, dropped=dropped, source=source)
+
+
+def parse_eval_row(row: dict, question_field: str | None = None, answer_field: str | None = None) -> Problem | str:
+    """Turn one row into a ``Problem``, or return the reason it is dropped."""
+    question_name = question_field or next((name for name in _EVAL_QUESTION_FIELDS if name in row), None)
+    answer_name = answer_field or next((name for name in _EVAL_ANSWER_FIELDS if name in row), None)
+    if question_name is None or question_name not in row:
+        return f"no question field {question_field}" if question_field else "no question field"
+    if answer_name is None or answer_name not in row or row[answer_name] is None or not str(row[answer_name]).strip():
+        return "no answer"
+    question = str(row[question_name]).strip()
+    raw_answer = str(row[answer_name]).strip()
+
+    # A GSM8K solution carries both the steps and the answer.
+    if "####" in raw_answer:
+        parsed = split_gsm8k_solution(raw_answer)
+        if parsed is None:
+            return "solution without steps or '#### answer'"
+        steps, answer = parsed
+        return Problem(id=problem_id(question), question=question, steps=steps, answer=answer)
+
+    solution_name = next((name for name in _EVAL_SOLUTION_FIELDS if name in row and name != answer_name), None)
+    steps = split_solution_text(str(row[solution_name])) if solution_name and row[solution_name] else ()
+    answer = normalize_number(raw_answer) if re.fullmatch(r"-?[\d,]*\.?\d+", raw_answer) else raw_answer
+    return Problem(id=problem_id(question), question=question, steps=steps, answer=answer)
+
+
+def split_solution_text(solution: str) -> tuple[str, ...]:
+    """Split a prose solution (MATH, AIME) into steps: one per line, long lines cut at sentence ends.
+
+    Asymptote figures are removed because they carry no step a model could be scored on.
+    """
+    text = _ASY_BLOCK.sub("", solution)
+    steps: list[str] = []
+    for line in text.splitlines():
+        for sentence in _SENTENCE_END.split(line.strip()):
+            sentence = re.sub(r"\s+", " ", sentence).strip()
+            if sentence:
+                steps.append(sentence)
+    return tuple(steps)
+
+
+def _read_eval_local(path: Path, split: Split) -> tuple[list[dict], Counter, str]:
+    if not path.is_dir():
+        rows, dropped = _read_file(path)
+        return rows, dropped, str(path)
+    file = _split_file(path, split)
+    files = [file] if file is not None else sorted(f for f in path.iterdir() if f.suffix in _LOCAL_SUFFIXES)
+    if not files:
+        raise DatasetError(f"folder {path} has no .jsonl, .json or .parquet files", f"Add {split}.jsonl to it, or pass a single file")
+    rows: list[dict] = []
+    dropped: Counter = Counter()
+    for item in files:
+        file_rows, file_dropped = _read_file(item)
+        rows += file_rows
+        dropped += file_dropped
+    return rows, dropped, ", ".join(str(f) for f in files)
