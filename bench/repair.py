@@ -82,9 +82,10 @@ def main() -> None:
         shared_seconds[bits] = sum(base.stage_seconds().values())
         results[bits] = {}
 
-        # Variants, one adapter per seed
-        for name in variants:
-            for seed in seeds:
+        # Variants, one adapter per seed; every variant of a seed runs before the next seed, so a
+        # stopped benchmark still compares all variants.
+        for seed in seeds:
+            for name in variants:
                 config = replace(base_config, seed=seed, **VARIANTS[name])
                 slug = name.lower().replace(" ", "-")
                 run = base.fork(config, args.work_dir / f"w{bits}-{slug}-seed{seed}")
