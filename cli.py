@@ -60,6 +60,8 @@ def _run_options(command):
                      help="Also train the same adapter on the full-precision model, to separate repair from domain adaptation."),
         click.option("--merge", is_flag=True,
                      help="Also fold the adapter into the weights, quantize again with the same recipe, and verify that checkpoint."),
+        click.option("--generated-problems", type=int, default=RunConfig.generated_problems, show_default=True,
+                     help="Held-out problems solved by generation to compare accuracy (0 skips it)."),
         click.option("--general-text", type=click.Path(dir_okay=False), default=None,
                      help="Plain-text file of non-math text whose NLL is compared across the models."),
         click.option("--epochs", type=float, default=RunConfig.epochs, show_default=True, help="Training passes over the records."),
@@ -96,6 +98,7 @@ def _build_run(kwargs: dict):
         test_problems=kwargs.pop("test_problems"), budget=kwargs.pop("budget"), epochs=kwargs.pop("epochs"),
         selection=kwargs.pop("selection"), objective=kwargs.pop("objective"), dpo_beta=kwargs.pop("dpo_beta"),
         control=kwargs.pop("control"), merge=kwargs.pop("merge"), general_text=kwargs.pop("general_text"),
+        generated_problems=kwargs.pop("generated_problems"),
         seed=kwargs.pop("seed"),
     )
     if kwargs.pop("dry_run", False):
@@ -300,6 +303,12 @@ def _print_summary(run, result: dict | None) -> None:
             lines.append(f"{'control':<16}{models['control']['nll']:>14.4f}{models['control']['top1_agreement']:>18.4f}")
         gap = stages["verify"]["summary"]["gap_closed"]
         lines.append(f"gap closed: {gap:.1%}" if gap is not None else "gap closed: n/a (quantized model is not worse)")
+        generated = stages["verify"]["summary"].get("generated")
+        if generated:
+            lines.append("generated accuracy (flexible): " + ", ".join(
+                f"{name} {generated[name]['flexible']:.0%}" for name in ("reference", "quantized", "repaired")
+                if name in generated) + (f" ({generated['skipped']})" if "skipped" in generated else "")
+                + f" on {generated['problems']} problems")
         merged = stages["verify"]["summary"].get("merged")
         if merged:
             lines.append(f"{'merged':<16}{merged['nll']:>14.4f}{merged['top1_agreement']:>18.4f}")

@@ -78,6 +78,9 @@ class RunConfig:
     epochs: float = field(default=1.0, **_help("Passes over the Silver Bullet set."))
     batch_size: int = field(default=4, **_help("Training batch size in records."))
     max_length: int = field(default=512, **_help("Maximum tokens of prompt plus step in training; longer records are dropped and counted."))
+    generated_problems: int = field(default=30, **_help(
+        "Held-out problems solved by generation to compare accuracy; the quantized and repaired models are "
+        "generated only when the full-precision model solves enough of them to make accuracy meaningful. 0 skips it."))
     eval_batch_size: int = field(default=8, **_help("Problems per forward pass when scoring."))
     seed: int = field(default=0, **_help("Random seed for sampling, shuffling and adapter initialisation."))
 
@@ -105,6 +108,9 @@ class RunConfig:
                               "Leave --group-size unset")
         if self.group_size is not None and self.group_size <= 0:
             raise ConfigError(f"--group-size {self.group_size} is invalid", "Give a positive number such as 64, or leave it unset")
+        if self.generated_problems < 0:
+            raise ConfigError(f"--generated-problems must be 0 or more, got {self.generated_problems}",
+                              "Pass 0 to skip generated accuracy, or a positive count")
         for name in ("calibration_samples", "calibration_length", "train_problems", "test_problems", "budget",
                      "lora_rank", "batch_size", "max_length", "eval_batch_size"):
             value = getattr(self, name)

@@ -7,6 +7,7 @@ or none, and a rerun with the same configuration recomputes nothing that finishe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -29,6 +30,17 @@ MANIFEST = "manifest.json"
 # Settings that the stages up to locate never read, so runs that differ only in them share those stages.
 FORKABLE_FIELDS = {"selection", "objective", "dpo_beta", "control", "merge", "general_text", "budget", "lora_rank", "lora_alpha",
                    "learning_rate", "epochs", "batch_size", "max_length", "seed"}
+
+
+def _field_default(name: str):
+    """Return the default of a RunConfig field as ``to_dict`` writes it, or a sentinel when it has none."""
+    for item in dataclasses.fields(RunConfig):
+        if item.name == name:
+            if item.default is not dataclasses.MISSING:
+                return item.default
+            if item.default_factory is not dataclasses.MISSING:
+                return item.default_factory()
+    return object()
 
 
 def _link_or_copy(source, destination) -> None:
@@ -87,6 +99,10 @@ class Run:
         expected = self.config.to_dict()
         if config_file.is_file():
             existing = json.loads(config_file.read_text())
+            # A setting added by a later version is absent from older folders; at its default it changes nothing.
+            for name, value in expected.items():
+                if name not in existing and _field_default(name) == value:
+                    existing[name] = value
             if existing != expected:
                 changed = sorted(k for k in set(existing) | set(expected) if existing.get(k) != expected.get(k))
                 raise RunFolderError(
@@ -470,6 +486,10 @@ def _verify(run: Run, tmp: Path) -> dict:
         result["general_text"] = {"file": Path(config.general_text).name, **general}
         gc.collect()
 
+    # Generated accuracy, when the full-precision model's own accuracy makes it meaningful
+    if config.generated_problems:
+        result["generated"] = _generated_accuracy(run, tokenizer, problems[:config.generated_problems], repaired)
+
     # The merged checkpoint: adapter folded in, quantized again with the same recipe
     if config.merge:
         result["merged"] = _merge_and_score(run, tmp, tokenizer, problems)
@@ -503,3 +523,33 @@ def _merge_and_score(run: Run, tmp: Path, tokenizer, problems) -> dict:
     return {**figures, "flips": sum(len(find_flips(a, b)) for a, b in zip(fp, scores)),
             "quantize_seconds": result.seconds,
             "checkpoint_bytes": sum(f.stat().st_size for f in (tmp / "merged").glob("*.safetensors"))}
+
+
+# Below this share of problems solved by the full-precision model, accuracy differences between the
+# models are a handful of problems and say nothing, so the other models are not generated.
+MIN_MEANINGFUL_ACCURACY = 0.2
+
+
+def _generated_accuracy(run: Run, tokenizer, problems, repaired) -> dict:
+    """Solve ``problems`` by greedy generation and grade the answers (strict and flexible extractors)."""
+    from repair.generate import generate_solutions
+    from repair.grading import grade
+    from repair.quantize import load_quantized
+
+    def solve(model, label: str) -> dict:
+        generations, seconds = generate_solutions(model, tokenizer, problems, batch_size=run.config.eval_batch_size,
+                                                  progress=run.progress, desc=f"generate {label} (test)")
+        grades = [grade(problem.answer, generation.text) for problem, generation in zip(problems, generations)]
+        return {"strict": round(sum(g["strict"] for g in grades) / len(grades), 4),
+                "flexible": round(sum(g["flexible"] for g in grades) / len(grades), 4),
+                "seconds": round(seconds, 1)}
+
+    result: dict = {"problems": len(problems), "reference": solve(_load_reference_model(run.reference_dir), "reference")}
+    if result["reference"]["flexible"] < MIN_MEANINGFUL_ACCURACY:
+        result["skipped"] = (f"the full-precision model solves {result['reference']['flexible']:.0%} of the problems, "
+                             f"below {MIN_MEANINGFUL_ACCURACY:.0%}, so accuracy cannot show a repair")
+        log.info("Generated accuracy: %s", result["skipped"])
+        return result
+    result["quantized"] = solve(load_quantized(run.quantized_dir), "quantized")
+    result["repaired"] = solve(repaired, "repaired")
+    return result

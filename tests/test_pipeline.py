@@ -32,6 +32,11 @@ def test_all_stages_recorded(finished_run):
     verify = json.loads((finished_run.root / "verify.json").read_text())
     assert verify["models"]["reference"]["problems"] == 6
     assert len(verify["held_out_problems"]) == 6
+    # The tiny random model solves nothing, so only the full-precision model is generated.
+    assert verify["generated"]["problems"] == 6
+    assert verify["generated"]["reference"]["flexible"] == 0.0
+    assert "below 20%" in verify["generated"]["skipped"]
+    assert "quantized" not in verify["generated"]
     assert not list(finished_run.root.glob(".tmp-*"))
 
 
@@ -127,7 +132,10 @@ def test_foreign_namespace_publishes_nothing(finished_run, hub_api):
     assert not hub_api.repo_exists("otheruser/never", token="hf_other_write")
 
 
-def test_baseline_run_with_control(tiny_model_dir, small_gsm8k, tmp_path):
+def test_baseline_run_with_control(tiny_model_dir, small_gsm8k, tmp_path, monkeypatch):
+    import repair.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "MIN_MEANINGFUL_ACCURACY", 0.0)  # generate all three models
     config = tiny_run_config(tiny_model_dir, small_gsm8k, selection="random", objective="sft+dpo", control=True,
                              general_text=str(GENERAL_TEXT), seed=3)
     run = Run(config, tmp_path / "baseline")
@@ -150,6 +158,9 @@ def test_baseline_run_with_control(tiny_model_dir, small_gsm8k, tmp_path):
     assert verify["models"]["control"]["problems"] == 6
     assert verify["nll_drop"]["control"] == pytest.approx(
         verify["models"]["reference"]["nll"] - verify["models"]["control"]["nll"], abs=1e-3)
+    generated = verify["generated"]
+    assert set(generated) >= {"reference", "quantized", "repaired"}
+    assert 0.0 <= generated["repaired"]["strict"] <= generated["repaired"]["flexible"] <= 1.0
     general = verify["general_text"]
     assert set(general) >= {"reference", "quantized", "repaired", "control"}
     assert general["reference"]["tokens"] == general["repaired"]["tokens"] > 1000
@@ -195,3 +206,14 @@ def test_fork_rejects_other_quantization(finished_run, tmp_path):
         finished_run.fork(replace(finished_run.config, bits=4), tmp_path / "fork")
     with pytest.raises(RunFolderError, match="--budget 99"):
         finished_run.fork(replace(finished_run.config, budget=99), tmp_path / "fork2")
+
+
+def test_older_folder_without_new_setting_resumes(finished_run):
+    config_file = finished_run.root / "config.json"
+    saved = json.loads(config_file.read_text())
+    older = {k: v for k, v in saved.items() if k not in ("generated_problems", "ignore")}
+    config_file.write_text(json.dumps(older))
+    try:
+        assert Run(finished_run.config, finished_run.root).is_done("verify")
+    finally:
+        config_file.write_text(json.dumps(saved))
