@@ -12,7 +12,7 @@ On the first N GSM8K test problems and the models of a finished ``repair diagnos
 lm-eval runs in its own virtual environment (``pip install "lm-eval[hf]==0.4.13" torch==2.13.0``;
 the ``hf`` extra brings accelerate), on the run's reference safetensors folder, with a copy of
 its GSM8K task that reads the local JSON lines files, so nothing is downloaded. Run it from the
-checkout with ``PYTHONPATH=.`` so that ``repair`` is imported from here:
+checkout after installing the project:
 
     python bench/diagnose.py --run-dir repair-runs/smollm2-135m-gptq-w3-<hash> --limit 100
     python bench/diagnose.py --run-dir RUN --limit 8 --generations DIAGNOSIS_OUTPUT --lmeval-python /work/lmeval-venv/bin/python
@@ -30,6 +30,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+# Python puts this script's folder first on sys.path, and bench/repair.py there would shadow the
+# installed repair package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
 
 log = logging.getLogger("bench.diagnose")
 
