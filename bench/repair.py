@@ -47,7 +47,10 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m", help="Model to repair (alias, folder, .gguf or Hub id).")
     parser.add_argument("--dataset", default="../shared/data/gsm8k", help="Dataset with train and test splits.")
     parser.add_argument("--general-text", default="../shared/data/general/tinyshakespeare-120k.txt",
-                        help="Plain-text file of non-math text scored under every model.")
+                        help="Plain-text file of non-math text scored under every model; empty to skip.")
+    parser.add_argument("--generated-problems", type=int, default=0,
+                        help="Held-out problems solved by generation (0 skips it: SmolLM2-135M solves too few GSM8K "
+                             "problems for accuracy to compare the variants).")
     parser.add_argument("--bits", default="3,4", help="Comma-separated bit-widths.")
     parser.add_argument("--method", default="gptq", help="Quantization method.")
     parser.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds; each trains every variant once.")
@@ -76,7 +79,7 @@ def main() -> None:
         # Shared stages: quantize, score and locate once per bit-width
         base_config = RunConfig(model=args.model, bits=bits, method=args.method, pull=False, dataset=args.dataset,
                                 train_problems=args.train_problems, test_problems=args.test_problems,
-                                budget=args.budget, general_text=args.general_text)
+                                budget=args.budget)
         base = Run(base_config, args.work_dir / f"w{bits}-base")
         base.run("locate")
         shared_seconds[bits] = sum(base.stage_seconds().values())
@@ -86,7 +89,8 @@ def main() -> None:
         # stopped benchmark still compares all variants.
         for seed in seeds:
             for name in variants:
-                config = replace(base_config, seed=seed, **VARIANTS[name])
+                config = replace(base_config, seed=seed, general_text=args.general_text or None,
+                                 generated_problems=args.generated_problems, **VARIANTS[name])
                 slug = name.lower().replace(" ", "-")
                 run = base.fork(config, args.work_dir / f"w{bits}-{slug}-seed{seed}")
                 run.run("verify")

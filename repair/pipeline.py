@@ -28,7 +28,7 @@ MANIFEST = "manifest.json"
 
 
 # Settings that the stages up to locate never read, so runs that differ only in them share those stages.
-FORKABLE_FIELDS = {"selection", "objective", "dpo_beta", "control", "merge", "general_text", "budget", "lora_rank", "lora_alpha",
+FORKABLE_FIELDS = {"selection", "objective", "dpo_beta", "control", "merge", "general_text", "generated_problems", "budget", "lora_rank", "lora_alpha",
                    "learning_rate", "epochs", "batch_size", "max_length", "seed"}
 
 
