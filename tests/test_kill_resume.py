@@ -67,14 +67,17 @@ def _run_cli(arguments: list[str]) -> subprocess.CompletedProcess:
                           env={**os.environ, "REPAIR_NO_PROGRESS": "1"}, timeout=STAGE_TIMEOUT)
 
 
+def _without_timings(value):
+    """Return ``value`` with every key ending in "seconds" removed, at any depth: timings differ between runs."""
+    if isinstance(value, dict):
+        return {key: _without_timings(item) for key, item in value.items() if not key.endswith("seconds")}
+    return value
+
+
 def _summaries(run_dir: Path) -> dict:
-    """Return the manifest's stage summaries without the timings, which differ between runs."""
+    """Return the manifest's stage summaries without the timings."""
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
-    summaries = {}
-    for name, entry in stages.items():
-        summary = {key: value for key, value in entry["summary"].items() if key != "seconds"}
-        summaries[name] = summary
-    return summaries
+    return {name: _without_timings(entry["summary"]) for name, entry in stages.items()}
 
 
 def _tensors(path: Path) -> dict:
