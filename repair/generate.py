@@ -13,6 +13,7 @@ import re
 import time
 from dataclasses import asdict, dataclass
 
+from repair.measure import left_padded
 from repair.progress import ProgressCallback, track
 from repair.steps import PROMPT_TEMPLATE, Problem, format_solution
 
@@ -122,14 +123,8 @@ def generate_solutions(model, tokenizer, problems: list[Problem], examples: list
     model.eval()
     with torch.inference_mode():
         for batch in track(batches, desc, progress):
-            # Left padding so that every row continues from its last real token.
-            length = max(len(prompts[i]) for i in batch)
-            input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), length), dtype=torch.long)
-            for row, index in enumerate(batch):
-                ids = prompts[index]
-                input_ids[row, length - len(ids):] = torch.tensor(ids)
-                attention[row, length - len(ids):] = 1
+            input_ids, attention = left_padded([prompts[i] for i in batch], pad_id)
+            length = input_ids.shape[1]
             output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=False, use_cache=True,
                                     max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                                     stopping_criteria=StoppingCriteriaList([AnswerLineStop(tokenizer, length)]))

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from repair.measure import TraceScore
+from repair.measure import TraceScore, left_padded
 from repair.progress import ProgressCallback, track
 from repair.steps import Problem, encode_trace, numbers_in
 
@@ -93,14 +93,8 @@ def generate_rejected(model, tokenizer, problems: dict[str, Problem], frontiers:
     model.eval()
     with torch.inference_mode():
         for batch in track(batches, "generate frontier steps", progress):
-            length = max(len(prompts[i]) for i in batch)
-            # Left padding so that every row continues from its last real token.
-            input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), length), dtype=torch.long)
-            for row, index in enumerate(batch):
-                ids = prompts[index]
-                input_ids[row, length - len(ids):] = torch.tensor(ids)
-                attention[row, length - len(ids):] = 1
+            input_ids, attention = left_padded([prompts[i] for i in batch], pad_id)
+            length = input_ids.shape[1]
             output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=False,
                                     max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                                     stop_strings=["\n"], tokenizer=tokenizer)

@@ -45,6 +45,19 @@ def decision_mask(tokenizer, problem: Problem, trace: EncodedTrace) -> list[bool
     return [not header and is_decision_token(text, words) for text, header in zip(texts, headers)]
 
 
+def left_padded(rows: list[list[int]], pad_id: int):
+    """Return ``(input_ids, attention_mask)`` with every row right-aligned, so that each continues from its last real token."""
+    import torch
+
+    length = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), length), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, length - len(ids):] = torch.tensor(ids)
+        attention[row, length - len(ids):] = 1
+    return input_ids, attention
+
+
 def score_traces(model, tokenizer, problems: list[Problem], batch_size: int = 8,
                  progress: ProgressCallback | None = None, desc: str = "score") -> list[TraceScore]:
     """Score every problem's reference solution under ``model`` by teacher forcing."""
@@ -62,14 +75,9 @@ def score_traces(model, tokenizer, problems: list[Problem], batch_size: int = 8,
         for batch in track(batches, desc, progress):
             # Left padding puts every solution at the end of its row, so the output head only
             # has to run on the last positions (``logits_to_keep``), not on the prompts.
-            length = max(len(traces[i].input_ids) for i in batch)
             keep = max(len(traces[i].input_ids) - traces[i].prompt_length for i in batch) + 1
-            input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), length), dtype=torch.long)
-            for row, index in enumerate(batch):
-                ids = traces[index].input_ids
-                input_ids[row, length - len(ids):] = torch.tensor(ids)
-                attention[row, length - len(ids):] = 1
+            input_ids, attention = left_padded([traces[i].input_ids for i in batch], pad_id)
+            length = input_ids.shape[1]
             positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
             logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                            logits_to_keep=keep).logits.float()

@@ -76,7 +76,9 @@ def preference_rows(tokenizer, records: list[SilverRecord], max_length: int) -> 
         if max(chosen_end, rejected_end) > max_length:
             too_long += 1
             continue
-        assert rejected_start == start and rejected_ids[:start] == chosen_ids[:start], "prompts differ"
+        # Both traces tokenize the same prompt and prefix piece by piece, so they share it exactly.
+        assert rejected_start == start, "chosen and rejected steps start at different positions"
+        assert rejected_ids[:start] == chosen_ids[:start], "chosen and rejected prompts differ"
         rows.append({"prompt_ids": chosen_ids[:start], "chosen_ids": chosen_ids[start:chosen_end],
                      "rejected_ids": rejected_ids[start:rejected_end]})
     return rows, too_long

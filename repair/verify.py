@@ -68,7 +68,7 @@ def compare(fp: list[TraceScore], q: list[TraceScore], r: list[TraceScore],
             control: list[TraceScore] | None = None) -> dict:
     """Return the verification figures for ``verify.json``.
 
-    ``control`` holds the scores of the full-precision model with an adapter trained on the same
+    ``control`` contains the scores of the full-precision model with an adapter trained on the same
     records. Its NLL drop from the reference is what the same data gives a model with nothing
     to repair (domain adaptation), to be set beside the repaired model's drop from the quantized one.
     """
