@@ -51,13 +51,9 @@ def load_split(dataset: str, split: Split, config_name: str | None = None, limit
     path = Path(dataset).expanduser()
     if path.exists():
         rows, dropped, source = _read_local(path, split)
-    elif re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*", dataset) and ".." not in dataset:
-        rows, dropped, source = _read_hub(dataset, split, config_name, token)
-    elif "/" in dataset:
-        raise DatasetError(f"dataset {dataset} is neither a local file or folder nor a valid Hub dataset id",
-                           "Check the path, or give a Hub id as namespace/name such as openai/gsm8k")
     else:
-        raise DatasetError(f"dataset {dataset} not found", "Give a Hub dataset id such as openai/gsm8k, or a local file or folder")
+        _check_hub_id(dataset)
+        rows, dropped, source = _read_hub(dataset, split, config_name, token)
 
     loaded = _parse_rows(rows, dropped, source, limit)
     if not loaded.problems:
@@ -69,6 +65,16 @@ def load_split(dataset: str, split: Split, config_name: str | None = None, limit
     if loaded.dropped:
         log.warning("Dropped rows from %s: %s", source, dict(loaded.dropped))
     return loaded
+
+
+def _check_hub_id(dataset: str) -> None:
+    """Reject a name that is neither an existing path nor a well-formed Hub dataset id."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*", dataset) and ".." not in dataset:
+        return
+    if "/" in dataset:
+        raise DatasetError(f"dataset {dataset} is neither a local file or folder nor a valid Hub dataset id",
+                           "Check the path, or give a Hub id as namespace/name such as openai/gsm8k")
+    raise DatasetError(f"dataset {dataset} not found", "Give a Hub dataset id such as openai/gsm8k, or a local file or folder")
 
 
 def _split_file(folder: Path, split: Split) -> Path | None:
@@ -209,10 +215,9 @@ def load_eval_split(dataset: str, split: Split = "test", question_field: str | N
     path = Path(dataset).expanduser()
     if path.exists():
         rows, dropped, source = _read_eval_local(path, split)
-    elif "/" in dataset and not dataset.startswith((".", "/")):
-        rows, dropped, source = _read_hub(dataset, split, config_name, token)
     else:
-        raise DatasetError(f"dataset {dataset} not found", "Give a Hub dataset id or a local file or folder")
+        _check_hub_id(dataset)
+        rows, dropped, source = _read_hub(dataset, split, config_name, token)
 
     problems: list[Problem] = []
     seen: set[str] = set()

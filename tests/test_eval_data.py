@@ -65,3 +65,13 @@ def test_parse_row_reasons():
 def test_split_solution_text_sentences():
     steps = split_solution_text("First add. Then multiply by $2$.\n\n[asy]draw((0,0));[/asy]\nSo $\\boxed{4}$.")
     assert steps == ("First add.", "Then multiply by $2$.", "So $\\boxed{4}$.")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("./missing/gsm8k", "neither a local file or folder nor a valid Hub dataset id"),
+    ("org/../name", "neither a local file or folder nor a valid Hub dataset id"),
+    ("gsm8k-typo", "not found"),
+])
+def test_bad_dataset_names_rejected_before_download(name, message):
+    with pytest.raises(DatasetError, match=message):
+        load_eval_split(name)
