@@ -72,6 +72,6 @@ def test_split_solution_text_sentences():
     ("org/../name", "neither a local file or folder nor a valid Hub dataset id"),
     ("gsm8k-typo", "not found"),
 ])
-def test_bad_dataset_names_rejected_before_download(name, message):
+def test_bad_dataset_names_rejected(name, message):
     with pytest.raises(DatasetError, match=message):
         load_eval_split(name)
