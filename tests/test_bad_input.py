@@ -194,7 +194,8 @@ CASE_IDS = [case.id for case in CASES]
 
 # CLI options that the app's form or its run_defaults cover, by RunConfig or form field
 FORM_OPTIONS = {"--bits": "bits", "--method": "method", "--dataset": "dataset", "--budget": "budget",
-                "--namespace": "namespace", "--token": "token_text"}
+                "--selection": "selection", "--objective": "objective", "--namespace": "namespace",
+                "--token": "token_text"}
 RUN_DEFAULT_OPTIONS = {"--group-size": ("group_size", int), "--epochs": ("epochs", float)}
 RUN_DEFAULT_FLAGS = {"--no-pull": ("pull", False)}
 
@@ -273,7 +274,7 @@ def _form(case: Case, inputs: Path, tiny: Path) -> tuple[dict, dict] | None:
     if arguments[0] != "push":
         return None
     form = dict(model=arguments[1], bits=None, method="gptq", dataset="openai/gsm8k", dataset_config="", budget=None,
-                namespace="", private=False, token_text="hf_test_write", profile=None, oauth_token=None)
+                selection=None, objective=None, namespace="", private=False, token_text="hf_test_write", profile=None, oauth_token=None)
     run_defaults: dict = {}
     rest = arguments[2:]
     while rest:

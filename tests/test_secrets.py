@@ -62,7 +62,7 @@ def test_app_job_never_shows_token(tiny_model_dir, small_gsm8k, tmp_path, hub_st
 
     with caplog.at_level(logging.DEBUG):
         outputs = app.run_job(model=str(tiny_model_dir), bits=2, method="gptq", dataset=str(small_gsm8k),
-                              dataset_config="", budget=8, namespace="testuser", private=False, token_text=TOKEN,
+                              dataset_config="", budget=8, selection=None, objective=None, namespace="testuser", private=False, token_text=TOKEN,
                               profile=None, oauth_token=None)
 
     # What the page shows: the summary, tables, charts and links

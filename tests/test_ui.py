@@ -36,7 +36,7 @@ def app(tmp_path, tiny_defaults):
 def _job(app, **form):
     """Call run_job with a complete form; ``form`` overrides single fields."""
     values = dict(model="smollm2-135m", bits=4, method="gptq", dataset="openai/gsm8k", dataset_config="main",
-                  budget=8, namespace="testuser", private=False, token_text="hf_test_write",
+                  budget=8, selection=None, objective=None, namespace="testuser", private=False, token_text="hf_test_write",
                   profile=None, oauth_token=None)
     values.update(form)
     return app.run_job(**values)
@@ -301,6 +301,27 @@ def test_equivalent_command_has_no_token(tiny_defaults):
                               "--namespace testuser --private (in the web app, with ")
     assert "calibration_length=64" in command
     assert "hf_test" not in command
+
+
+def test_form_sets_selection_objective(app):
+    from repair.config import PublishConfig
+    from ui.app import equivalent_command
+
+    config = app.build_config("smollm2-135m", 4, "gptq", "openai/gsm8k", "main", 8, "random", "dpo")
+    assert config.selection == "random"
+    assert config.objective == "dpo"
+    command = equivalent_command(config, PublishConfig(namespace="testuser", token="hf_test_write"))
+    assert "--selection random --objective dpo" in command
+
+
+def test_form_empty_choices_keep_defaults(app):
+    config = app.build_config("smollm2-135m", 4, "gptq", "openai/gsm8k", "main", 8, None, "")
+    assert config.selection == "frontier"
+    assert config.objective == "sft"
+
+
+def test_unknown_objective_rejected(app):
+    assert _error_message(app, objective="ppo") == "--objective 'ppo' is not supported. Use one of sft, dpo, sft+dpo."
 
 
 def test_tiny_job_publishes_three_repos(app, tiny_model_dir, small_gsm8k, hub_api):

@@ -25,7 +25,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from repair.config import METHODS, STAGES, SUPPORTED_BITS, PublishConfig, RunConfig
+from repair.config import METHODS, OBJECTIVES, SELECTIONS, STAGES, SUPPORTED_BITS, PublishConfig, RunConfig
 from repair.errors import ConfigError, HubError, RepairError
 from repair.sources import BUILTIN_MODELS
 
@@ -50,7 +50,8 @@ EXAMPLE_COLUMNS = ["problem id", "step", "flip token", "chosen", "rejected", "er
 # RunConfig fields that `repair push` has a flag for, so the command on the cards reproduces them.
 CLI_FLAGS = {"group_size": "--group-size", "calibration_samples": "--calibration-samples",
              "train_problems": "--train-problems", "test_problems": "--test-problems",
-             "budget": "--budget", "epochs": "--epochs", "seed": "--seed"}
+             "budget": "--budget", "selection": "--selection", "objective": "--objective", "epochs": "--epochs",
+             "seed": "--seed"}
 
 # The x-axis order of the frontier chart, which sorts its string labels alphabetically otherwise.
 # Steps past the list's end follow it; GSM8K solutions have far fewer steps.
@@ -314,7 +315,7 @@ class RepairApp:
 
     # Jobs
     def build_config(self, model: str, bits, method: str, dataset: str, dataset_config: str | None,
-                     budget) -> RunConfig:
+                     budget, selection: str | None = None, objective: str | None = None) -> RunConfig:
         """Return the RunConfig of a job: the form's values over run_defaults over RunConfig's defaults."""
         model = (model or "").strip()
         dataset = (dataset or "").strip() or field_default("dataset", self.run_defaults)
@@ -332,6 +333,11 @@ class RepairApp:
         budget_value = parse_whole_number(budget, "--budget")
         if budget_value is not None:
             settings["budget"] = budget_value
+        # An empty choice keeps run_defaults or RunConfig's default; RunConfig rejects unknown values.
+        if selection:
+            settings["selection"] = selection
+        if objective:
+            settings["objective"] = objective
         return RunConfig(**settings)
 
     def request_cancel(self, request: gr.Request | None = None) -> str:
@@ -343,7 +349,7 @@ class RepairApp:
         return "Cancelling: the job stops at its next progress step."
 
     def run_job(self, model: str, bits, method: str, dataset: str, dataset_config: str | None, budget,
-                namespace: str | None, private: bool, token_text: str | None,
+                selection: str | None, objective: str | None, namespace: str | None, private: bool, token_text: str | None,
                 profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None,
                 request: gr.Request | None = None, progress=gr.Progress(track_tqdm=True)):
         """Run every stage and publish the three repos; return the summary, tables, charts and links."""
@@ -352,7 +358,7 @@ class RepairApp:
         # Check the form and the token's access before any download
         try:
             token = self.require_token(token_text, oauth_token)
-            config = self.build_config(model, bits, method, dataset, dataset_config, budget)
+            config = self.build_config(model, bits, method, dataset, dataset_config, budget, selection, objective)
             publish_config = PublishConfig(namespace=(namespace or "").strip() or None, private=bool(private),
                                            token=token)
             check_write_access(token, resolve_namespace(publish_config))
@@ -469,6 +475,12 @@ def build_ui(run_defaults: dict | None = None, work_dir: Path | None = None, *, 
             budget = gr.Number(label="Budget", value=field_default("budget", defaults), precision=0, minimum=1,
                                info=field_help("budget"))
         with gr.Row():
+            selection = gr.Radio(label="Training steps", choices=list(SELECTIONS),
+                                 value=field_default("selection", defaults), info=field_help("selection"),
+                                 elem_id="selection")
+            objective = gr.Radio(label="Objective", choices=list(OBJECTIVES), value=field_default("objective", defaults),
+                                 info=field_help("objective"), elem_id="objective")
+        with gr.Row():
             dataset = gr.Textbox(label="Dataset", value=field_default("dataset", defaults),
                                  info="Hub dataset id with train and test splits in GSM8K's format")
             dataset_config = gr.Textbox(label="Dataset configuration",
@@ -505,7 +517,8 @@ def build_ui(run_defaults: dict | None = None, work_dir: Path | None = None, *, 
         found.input(fill_model, found, model, queue=False)
         run_event = run_button.click(
             app.run_job,
-            inputs=[model, bits, method, dataset, dataset_config, budget, namespace, private, token_text],
+            inputs=[model, bits, method, dataset, dataset_config, budget, selection, objective, namespace, private,
+                    token_text],
             outputs=[status, table, nll_plot, frontier_plot, examples, links],
         )
         cancel_button.click(app.request_cancel, None, status, queue=False, cancels=[run_event])
