@@ -7,7 +7,9 @@ or none, and a rerun with the same configuration recomputes nothing that finishe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -25,6 +27,7 @@ from repair.sources import LoadPolicy
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"  # held by the process that runs stages in the folder
 
 
 # Settings that the stages up to locate never read, so runs that differ only in them share those stages.
@@ -140,6 +143,24 @@ class Run:
                                      "summary": summary}
         self._write_json(self.root / MANIFEST, manifest)
 
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the run folder's lock, so that a second process cannot stage into the same folder.
+
+        The lock is an advisory ``flock``, which the kernel releases when the holder exits, so a
+        killed run leaves no stale lock behind.
+        """
+        with open(self.root / LOCK, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as error:
+                raise RunFolderError(f"run folder {self.root} is in use by another repair process",
+                                     "Wait for that run to finish, or pass another --run-dir") from error
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _staging(self, name: str) -> Path:
         """Return an empty temporary folder whose contents ``_commit`` moves into the run folder."""
         tmp = self.root / f".tmp-{name}"
@@ -167,28 +188,29 @@ class Run:
             "prepare": _prepare, "quantize": _quantize, "measure": _measure,
             "locate": _locate, "silver": _silver, "restore": _restore, "verify": _verify,
         }
-        for stage in STAGES[:STAGES.index(until) + 1]:
-            if self.is_done(stage):
-                log.info("Stage %s already finished in %s, skipping", stage, self.root)
-                continue
-            log.info("Stage %s: starting", stage)
-            start = time.perf_counter()
-            tmp = self._staging(stage)
-            try:
-                summary = functions[stage](self, tmp)
-                self._commit(tmp)
-            except OSError as error:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if error.errno == 28:  # ENOSPC
-                    raise RunFolderError(f"the disk of {self.root} is full during stage {stage}",
-                                         "Free disk space, then rerun the same command to resume") from error
-                raise
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            seconds = time.perf_counter() - start
-            self._finish(stage, summary, seconds)
-            log.info("Stage %s: finished in %.1f s", stage, seconds)
+        with self.locked():
+            for stage in STAGES[:STAGES.index(until) + 1]:
+                if self.is_done(stage):
+                    log.info("Stage %s already finished in %s, skipping", stage, self.root)
+                    continue
+                log.info("Stage %s: starting", stage)
+                start = time.perf_counter()
+                tmp = self._staging(stage)
+                try:
+                    summary = functions[stage](self, tmp)
+                    self._commit(tmp)
+                except OSError as error:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    if error.errno == 28:  # ENOSPC
+                        raise RunFolderError(f"the disk of {self.root} is full during stage {stage}",
+                                             "Free disk space, then rerun the same command to resume") from error
+                    raise
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+                seconds = time.perf_counter() - start
+                self._finish(stage, summary, seconds)
+                log.info("Stage %s: finished in %.1f s", stage, seconds)
         return {name: entry["summary"] for name, entry in self.manifest["stages"].items()}
 
     def fork(self, config: RunConfig, root: Path) -> Run:

@@ -58,6 +58,15 @@ def test_rerun_recomputes_nothing(finished_run, monkeypatch):
     Run(finished_run.config, finished_run.root).run("verify")
 
 
+def test_busy_folder_rejected(finished_run):
+    second = Run(finished_run.config, finished_run.root)
+    with finished_run.locked():
+        with pytest.raises(RunFolderError, match="in use by another repair process"):
+            second.run("verify")
+    # The lock is released when the block ends, so the same call now succeeds.
+    assert set(second.run("verify")) == {"prepare", "quantize", "measure", "locate", "silver", "restore", "verify"}
+
+
 def test_other_settings_rejected(finished_run):
     from dataclasses import replace
 
