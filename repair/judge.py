@@ -4,7 +4,7 @@ The judge reads the problem, the reference solution and the generated steps, and
 for each step in turn whether it is correct, then which of the four error types the first
 wrong step shows. A local judge reads its answers from the next-token logits ("Yes" against
 "No", one option letter against the others), so a judgement costs one forward pass and needs
-no sampling; ``repair.judge_api`` asks a served model instead. With several votes each vote
+no sampling. ``repair.judge_api`` sends the questions to a served model instead. With several votes each vote
 words the question differently and lists the error types in another order, which evens out a
 small model's bias towards one position; the majority wins.
 """
@@ -36,7 +36,7 @@ MAX_JUDGED_STEPS = 12
 
 
 class StepJudge:
-    """The questions, votes and majority of a step judge; subclasses choose each answer.
+    """Questions, votes and majority of a step judge. Subclasses choose each answer.
 
     ``_choose`` returns the index of the chosen option, or None when the judge abstains
     (a served model whose reply matches no option). Abstaining votes are left out of the majority.
@@ -50,7 +50,7 @@ class StepJudge:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release what the judge holds open between questions; nothing by default."""
+        """Release what the judge keeps open between questions. The base class keeps nothing open."""
 
     def _context(self, question: str, reference: list[str], steps: list[str]) -> str:
         reference_text = "\n".join(f"{i + 1}. {line}" for i, line in enumerate(reference)) or "(none)"
@@ -164,7 +164,10 @@ class Judge(StepJudge):
 
 
 def _majority(choices: list):
-    """Return the most common choice that is not None; ties go to the one chosen first. None if there is none."""
+    """Return the most common choice that is not None, or None if there is none.
+
+    Ties go to the choice made first.
+    """
     counts = Counter(choice for choice in choices if choice is not None)
     if not counts:
         return None

@@ -1,6 +1,6 @@
 """A step judge served over HTTP: the Hugging Face Inference API or an OpenAI-compatible server.
 
-It asks the same questions as the local judge in ``repair.judge`` through
+It sends the same questions as the local judge in ``repair.judge`` through
 ``huggingface_hub.InferenceClient.chat_completion``, greedily and with a few tokens per reply,
 and maps each reply to an option by its text. A served model returns no logits for a fixed set
 of options, so a reply that names no option is an abstention, left out of the vote.
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # "Yes", "No" or a letter, with room for a period or a chat model's markdown around it.
 MAX_REPLY_TOKENS = 8
-# seconds per request; a timeout counts as a transient failure and is retried
+# Seconds per request. A timeout counts as a transient failure and is retried.
 REQUEST_TIMEOUT = 60.0
 TOKEN_FIX = ("Pass --token or set HF_TOKEN to a Hugging Face token with the permission "
              "'Make calls to Inference Providers'")
@@ -32,7 +32,11 @@ def is_url(spec: str | None) -> bool:
 
 
 def public_name(spec: str | None) -> str | None:
-    """Return the judge spec without a URL's user, password, query and fragment, for logs and reports."""
+    """Return the judge spec without a URL's user, password, query and fragment, for logs and reports.
+
+    NOTE: httpx logs each request's full URL at INFO level, which the CLI shows only with -v. A key
+    in the URL reaches that log, so pass it with --token, which travels in the Authorization header.
+    """
     if not is_url(spec):
         return spec
     parts = urlsplit(spec)
@@ -46,8 +50,8 @@ def public_name(spec: str | None) -> str | None:
 def parse_reply(reply: str, options: list[str]) -> int | None:
     """Return the index of the option that a reply names, or None if it names none.
 
-    The first option that the stripped reply starts with as a whole word wins, ignoring case;
-    failing that, the option that occurs first as a whole word anywhere in the reply. A
+    The first option that the stripped reply starts with as a whole word wins, ignoring case.
+    Failing that, the option that occurs first as a whole word anywhere in the reply wins. A
     one-letter option must be upper case there, so that the article "a" is not read as option A.
     """
     text = reply.strip()
@@ -78,11 +82,11 @@ class ApiJudge(StepJudge):
         self._server_url = server_url
         self._token = token
         self._model: str | None = None
-        self._model_resolved = server_url is None  # a Hub id goes in the client, not in each request
+        self._model_resolved = server_url is None  # the client sends a Hub id by itself
 
     @classmethod
     def connect(cls, spec: str, votes: int = 1, token: str | None = None) -> ApiJudge:
-        """Check the settings and return a judge for a Hub model id or a server URL; sends no request.
+        """Check the settings and return a judge for a Hub model id or a server URL. No request is sent.
 
         Raises ``ConfigError`` in offline mode, and for a Hub id without a Hugging Face token.
         """
@@ -102,7 +106,7 @@ class ApiJudge(StepJudge):
         token = token or get_token()
         if token is None:
             raise ConfigError(f"--judge-api with the Hub model {name} needs a Hugging Face token", TOKEN_FIX)
-        # Inference Providers route a request by the token's owner; a provider's own key cannot do that.
+        # InferenceClient 1.33 sends a Hub id to the Hugging Face router and raises ValueError for other keys.
         if not token.startswith("hf_"):
             raise ConfigError(f"--judge-api with the Hub model {name} needs a Hugging Face token (hf_...), "
                               "not another provider's key", TOKEN_FIX)
@@ -110,7 +114,7 @@ class ApiJudge(StepJudge):
         return cls(client, votes, name)
 
     def close(self) -> None:
-        """Close the client, which keeps every response of its session open until then."""
+        """Close the client, whose exit stack keeps a reference to every response until then."""
         self.client.close()
 
     def _choose(self, text: str, options: list[str]) -> int | None:

@@ -43,7 +43,7 @@ def transient_reason(error: BaseException) -> tuple[str, float | None] | None:
     import httpx
     from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 
-    # InferenceClient 1.33 raises InferenceTimeoutError only for Python's TimeoutError; an httpx
+    # InferenceClient 1.33 raises InferenceTimeoutError only for Python's TimeoutError. An httpx
     # timeout reaches the caller as httpx.ReadTimeout, a TransportError.
     if isinstance(error, InferenceTimeoutError):
         return "timeout", None
