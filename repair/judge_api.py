@@ -141,8 +141,9 @@ class ApiJudge(StepJudge):
                                                     temperature=0.0),
                 "judge request", self.name)
         except HubError as error:  # call_with_retries raises it after the last attempt
-            raise JudgeError(error.problem, "Check that the judge server is up, or wait a few minutes and rerun "
-                                            "the same command; saved generations are reused") from error
+            check = "Check that the judge server is up, or wait" if self._server_url else "Wait"
+            raise JudgeError(error.problem, f"{check} a few minutes and rerun the same command, which reuses the "
+                                            "saved generations") from error
         except HfHubHTTPError as error:
             raise self._explain(error) from error
         except ValueError as error:  # a 200 response whose body is not JSON
@@ -154,8 +155,8 @@ class ApiJudge(StepJudge):
         status = error.response.status_code if error.response is not None else None
         server_url = self._server_url is not None
         if status in (401, 403):
-            fix = ("Pass --token with a token that the server accepts; for an Inference Endpoint, a Hugging Face "
-                   "token with access to it") if server_url else TOKEN_FIX
+            fix = ("Pass --token with a token that the server accepts, which for an Inference Endpoint is a "
+                   "Hugging Face token with access to it") if server_url else TOKEN_FIX
             return JudgeError(f"judge {self.name} rejected the token (HTTP {status})", fix)
         if status == 404:
             if server_url:
