@@ -229,25 +229,32 @@ _stage_command("verify", "Run every stage up to the held-out comparison of full-
 @click.option("--few-shot", type=int, default=0, show_default=True, help="Worked examples in the prompt.")
 @click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Maximum generated tokens per solution.")
 @click.option("--generation-batch-size", type=int, default=16, show_default=True, help="Problems generated together.")
-@click.option("--judge", default=None, help="Model (local folder, .gguf, alias or Hub id) that judges wrong solutions the rules cannot place.")
+@click.option("--judge", default=None,
+              help="Model that judges wrong solutions the rules cannot place: a local folder, .gguf, alias or Hub id "
+                   "loaded here, or the http(s) URL of an OpenAI-compatible server (TGI, vLLM, an Inference Endpoint).")
 @click.option("--judges", type=int, default=1, show_default=True, help="Judge votes per decision; the majority wins.")
+@click.option("--judge-api", is_flag=True,
+              help="Send the judge's questions for the Hub model --judge to the Hugging Face Inference API "
+                   "(Inference Providers, billed to the token's owner) instead of downloading it. Implied by a URL.")
 @click.option("--output", type=click.Path(path_type=Path), default=None,
               help="Folder that receives diagnosis.json and report.html; by default <run folder>/report.")
 @_handle_errors
 def diagnose(eval_dataset, split, question_field, answer_field, limit, reference, few_shot, max_new_tokens,
-             generation_batch_size, judge, judges, output, **kwargs):
+             generation_batch_size, judge, judges, judge_api, output, **kwargs):
     """Score both models by teacher forcing, generate solutions, find each first faulty step, and write a report.
 
     \b
-    Example:
+    Examples:
         repair diagnose smollm2-135m --bits 3 --dataset ./gsm8k --limit 200 --output diagnosis
+        repair diagnose smollm2-135m --bits 3 --dataset ./gsm8k --judge Qwen/Qwen2.5-7B-Instruct --judge-api --judges 3
+        repair diagnose smollm2-135m --bits 3 --dataset ./gsm8k --judge http://127.0.0.1:8080/v1
     """
     from repair.diagnose import DiagnoseConfig, diagnose_run
 
     settings = DiagnoseConfig(dataset=eval_dataset or kwargs["dataset"], split=split, question_field=question_field,
                               answer_field=answer_field, dataset_config=kwargs["dataset_config"], limit=limit,
                               reference=reference, few_shot=few_shot, max_new_tokens=max_new_tokens,
-                              batch_size=generation_batch_size, judge=judge, judges=judges)
+                              batch_size=generation_batch_size, judge=judge, judges=judges, judge_api=judge_api)
     run, _ = _build_run(kwargs)
     diagnosis = diagnose_run(run, settings, output)
     _print_summary(run, None)

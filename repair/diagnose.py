@@ -19,11 +19,15 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
+from urllib.parse import urlsplit
 
+from repair.config import _REPO_ID
 from repair.errors import ConfigError
 from repair.faults import ERROR_TYPES, first_faulty_step
 from repair.generate import Generation, generate_solutions
 from repair.grading import EXTRACTORS, extract_answer, grade
+from repair.judge import StepJudge
+from repair.judge_api import is_url, public_name
 from repair.progress import ProgressCallback
 from repair.steps import ANSWER_PREFIX, Problem
 
@@ -54,8 +58,13 @@ class DiagnoseConfig:
     # 256 new tokens fit a GSM8K solution of 5-8 steps with room to spare; a cap keeps CPU runs bounded.
     max_new_tokens: int = field(default=256, **_help("Maximum generated tokens per solution."))
     batch_size: int = field(default=16, **_help("Problems generated together."))
-    judge: str | None = field(default=None, **_help("Model that judges wrong solutions the rules cannot place."))
+    judge: str | None = field(default=None, **_help(
+        "Model that judges wrong solutions the rules cannot place: a local folder, .gguf file, alias or Hub id "
+        "loaded here, or the http(s) URL of an OpenAI-compatible server."))
     judges: int = field(default=1, **_help("Judge votes per decision; the majority wins."))
+    judge_api: bool = field(default=False, **_help(
+        "Send the judge's questions to the Hugging Face Inference API (Inference Providers) instead of loading "
+        "the judge model. Set automatically when the judge is an http(s) URL."))
     margin_traces: int = field(default=4, **_help("Reference traces whose token margins the report plots."))
 
     def __post_init__(self) -> None:
@@ -72,6 +81,28 @@ class DiagnoseConfig:
                 raise ConfigError(f"{flag} must not be negative, got {getattr(self, name)}", f"Pass 0 or more to {flag}")
         if self.judges > 1 and self.judge is None:
             raise ConfigError(f"--judges {self.judges} needs a judge model", "Pass --judge MODEL, or drop --judges")
+        self._check_judge_api()
+
+    def _check_judge_api(self) -> None:
+        if is_url(self.judge):
+            self.judge_api = True
+            parts = urlsplit(self.judge)  # type: ignore[arg-type]
+            try:
+                parts.port
+            except ValueError:
+                raise ConfigError("--judge URL has an invalid port", "Give the port as a number from 1 to 65535") from None
+            if not parts.hostname:
+                raise ConfigError(f"--judge {public_name(self.judge)!r} is a URL without a host",
+                                  "Give the server's address, such as http://127.0.0.1:8080/v1")
+        if not self.judge_api:
+            return
+        if self.judge is None:
+            raise ConfigError("--judge-api needs a judge model",
+                              "Pass --judge with a Hub model id or the http(s) URL of an OpenAI-compatible server")
+        if not is_url(self.judge) and (not _REPO_ID.match(self.judge) or ".." in self.judge):
+            raise ConfigError(f"--judge-api sends requests to a served model, but --judge {self.judge!r} is neither "
+                              "a Hub model id nor an http(s) URL",
+                              "Pass a Hub id such as org/name or a server URL, or drop --judge-api to load it here")
 
 
 @dataclass
@@ -153,6 +184,13 @@ def run_diagnosis(reference_dir: Path, quantized_dir: Path, config: DiagnoseConf
     from repair.quantize import load_quantized
     from repair.sources import load_tokenizer
 
+    # An API judge loads nothing, so its settings are checked before hours of generation
+    api_judge = None
+    if config.judge and config.judge_api:
+        from repair.judge_api import ApiJudge
+
+        api_judge = ApiJudge.connect(config.judge, config.judges, token)
+
     problems, examples, data_summary = load_problems(config, token)
     tokenizer = load_tokenizer(reference_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -214,15 +252,16 @@ def run_diagnosis(reference_dir: Path, quantized_dir: Path, config: DiagnoseConf
         from repair.judge import Judge
 
         start = time.perf_counter()
-        judge = Judge.load(config.judge, config.judges, token)
-        for record, trace, generation in unplaced:
-            reference = list(trace.steps) + [ANSWER_PREFIX + trace.answer]
-            fault = judge.settle(record.question, generation.steps, generation.answer_line, reference)
-            if fault is not None:
-                record.fault, record.fault_by = fault.to_dict(), "judge"
+        judge = api_judge or Judge.load(config.judge, config.judges, token)
+        try:
+            settle_unplaced(judge, unplaced)
+        finally:
+            judge.close()
         del judge
         gc.collect()
         seconds["judge"] = time.perf_counter() - start
+    elif api_judge is not None:
+        api_judge.close()
 
     for record in records:
         if record.fault is not None and record.teacher_forced_step is not None:
@@ -235,6 +274,15 @@ def run_diagnosis(reference_dir: Path, quantized_dir: Path, config: DiagnoseConf
     diagnosis["problems"] = [asdict(r) for r in records]
     write_outputs(diagnosis, output)
     return diagnosis
+
+
+def settle_unplaced(judge: StepJudge, unplaced: list[tuple[ProblemDiagnosis, Problem, Generation]]) -> None:
+    """Set the judge's fault on each record that the rules left unplaced; abstained ones stay unplaced."""
+    for record, trace, generation in unplaced:
+        reference = list(trace.steps) + [ANSWER_PREFIX + trace.answer]
+        fault = judge.settle(record.question, generation.steps, generation.answer_line, reference, record.problem_id)
+        if fault is not None:
+            record.fault, record.fault_by = fault.to_dict(), "judge"
 
 
 def summarize(records: list[ProblemDiagnosis], config: DiagnoseConfig, data_summary: dict, seconds: dict) -> dict:
@@ -251,8 +299,10 @@ def summarize(records: list[ProblemDiagnosis], config: DiagnoseConfig, data_summ
     both = [r for r in records if r.agree is not None]
     types = Counter(f["error_type"] for f in faults)
     q_wrong = sum(not r.q_correct["flexible"] for r in records)
+    settings = asdict(config)
+    settings["judge"] = public_name(config.judge)  # a URL's password or key stays out of the report
     return {
-        "settings": asdict(config),
+        "settings": settings,
         "data": data_summary,
         "problems_solved": count,
         "accuracy": accuracy,

@@ -49,5 +49,9 @@ class HubError(RepairError):
     """A Hub request that failed: missing or read-only token, rejected repo, network."""
 
 
+class JudgeError(RepairError):
+    """A served judge that rejected the token or the request, does not serve the model, or kept failing."""
+
+
 class StageError(RepairError):
     """A pipeline stage that failed for a reason other than bad input."""

@@ -4,7 +4,8 @@ huggingface_hub 1.33 already retries its preupload, LFS transfer and download re
 (``utils/_http.py: http_backoff``, 5 retries on 408, 429 and 5xx and on connection errors). It does
 not retry ``whoami``, ``create_repo``, ``model_info`` or the commit itself, so those calls go
 through ``call_with_retries``. Retrying a whole ``upload_folder`` is safe: the commit is one request
-that the Hub applies completely or not at all, and files already uploaded are skipped.
+that the Hub applies completely or not at all, and files already uploaded are skipped. The API
+judge's chat requests (``repair.judge_api``) go through it too.
 """
 
 from __future__ import annotations
@@ -40,8 +41,12 @@ def retry_after(response) -> float | None:
 def transient_reason(error: BaseException) -> tuple[str, float | None] | None:
     """Return (reason, Retry-After seconds) if ``error`` is worth a retry, else None."""
     import httpx
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 
+    # InferenceClient 1.33 raises InferenceTimeoutError only for Python's TimeoutError. An httpx
+    # timeout reaches the caller as httpx.ReadTimeout, a TransportError.
+    if isinstance(error, InferenceTimeoutError):
+        return "timeout", None
     if isinstance(error, HfHubHTTPError):
         status = error.response.status_code if error.response is not None else None
         if status in RETRY_STATUSES:
