@@ -59,6 +59,9 @@ def main() -> None:
     parser.add_argument("--test-problems", type=int, default=100, help="Held-out problems scored.")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated variant names.")
     parser.add_argument("--work-dir", type=Path, default=Path("bench-runs"), help="Folder for the run folders (reused).")
+    parser.add_argument("--table-only", action="store_true",
+                        help="Print the table from the finished run folders in --work-dir and run nothing; the seeds "
+                             "column counts the finished ones.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
@@ -81,7 +84,8 @@ def main() -> None:
                                 train_problems=args.train_problems, test_problems=args.test_problems,
                                 budget=args.budget)
         base = Run(base_config, args.work_dir / f"w{bits}-base")
-        base.run("locate")
+        if not args.table_only:
+            base.run("locate")
         shared_seconds[bits] = sum(base.stage_seconds().values())
         results[bits] = {}
 
@@ -92,8 +96,14 @@ def main() -> None:
                 config = replace(base_config, seed=seed, general_text=args.general_text or None,
                                  generated_problems=args.generated_problems, **VARIANTS[name])
                 slug = name.lower().replace(" ", "-")
-                run = base.fork(config, args.work_dir / f"w{bits}-{slug}-seed{seed}")
-                run.run("verify")
+                folder = args.work_dir / f"w{bits}-{slug}-seed{seed}"
+                if args.table_only:
+                    if not (folder / "verify.json").is_file():
+                        continue
+                    run = Run(config, folder)
+                else:
+                    run = base.fork(config, folder)
+                    run.run("verify")
                 verified = json.loads((run.root / "verify.json").read_text())
                 trained = run.stage_summary("restore")
                 row = _figures(verified, "repaired", trained["seconds"])
@@ -112,17 +122,20 @@ def main() -> None:
           f"{args.train_problems} training problems scored; budget {args.budget}; seeds {seeds}; "
           f"{'CUDA' if torch.cuda.is_available() else f'CPU, {threads} threads'}\n")
     print("Figures are mean ± standard deviation over seeds. Flips: decision tokens the full-precision model predicts "
-          "and the model does not. Non-math: NLL of the general text.\n")
-    print("| bits | model | held-out NLL | top-1 agreement | flips | gap closed | non-math NLL | train s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "and the model does not; restored and caused: flips of the quantized model that the adapter removed, and "
+          "new ones. Non-math: NLL of the general text.\n")
+    print("| bits | model | seeds | held-out NLL | top-1 agreement | flips | restored | caused | gap closed | non-math NLL "
+          "| train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for bits, rows in results.items():
         for name, figures in rows.items():
+            seeds = len(figures)
             if name in ("full precision", "quantized"):
-                figures = figures[:1]  # the same model in every run
-            print(f"| {bits} | {name} | {_spread(figures, 'nll', 4)} | {_spread(figures, 'top1', 4)} | "
-                  f"{_spread(figures, 'flips', 0)} | {_spread(figures, 'gap', 3)} | {_spread(figures, 'general', 4)} | "
+                figures, seeds = figures[:1], "-"  # the same model in every run
+            print(f"| {bits} | {name} | {seeds} | {_spread(figures, 'nll', 4)} | {_spread(figures, 'top1', 4)} | "
+                  f"{_spread(figures, 'flips', 0)} | {_spread(figures, 'restored', 0)} | {_spread(figures, 'caused', 0)} | {_spread(figures, 'gap', 3)} | {_spread(figures, 'general', 4)} | "
                   f"{_spread(figures, 'seconds', 0)} |")
-        print(f"| {bits} | (quantize, score and locate, shared) | | | | | | {shared_seconds[bits]:.0f} |")
+        print(f"| {bits} | (quantize, score and locate, shared) | | | | | | | | | {shared_seconds[bits]:.0f} |")
 
 
 def _figures(verified: dict, model: str, seconds: float) -> dict:
@@ -135,7 +148,11 @@ def _figures(verified: dict, model: str, seconds: float) -> dict:
     gap = None
     if model == "repaired" and quantized > reference:
         gap = (quantized - figures["nll"]) / (quantized - reference)
-    return {"nll": figures["nll"], "top1": figures["top1_agreement"], "flips": flips, "gap": gap,
+    # Flips of the quantized model that the adapter restored, and new flips that it caused.
+    restored = verified["flips"]["flips_restored"] if model == "repaired" else None
+    caused = verified["flips"]["flips_caused"] if model == "repaired" else None
+    return {"nll": figures["nll"], "top1": figures["top1_agreement"], "flips": flips, "restored": restored,
+            "caused": caused, "gap": gap,
             "general": general, "seconds": seconds}
 
 
