@@ -76,6 +76,7 @@ def main() -> None:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     seeds = [int(seed) for seed in args.seeds.split(",")]
     results: dict[int, dict[str, list[dict]]] = {}
+    by_step: dict[int, dict[str, list[dict]]] = {}
     shared_seconds: dict[int, float] = {}
 
     for bits in [int(b) for b in args.bits.split(",")]:
@@ -110,6 +111,7 @@ def main() -> None:
                 results[bits].setdefault("full precision", []).append(_figures(verified, "reference", 0.0))
                 results[bits].setdefault("quantized", []).append(_figures(verified, "quantized", 0.0))
                 results[bits].setdefault(name, []).append(row)
+                by_step.setdefault(bits, {}).setdefault(name, []).append(_flips_by_step(run.measure_dir))
                 if "control" in trained:
                     results[bits].setdefault("control (FP + adapter)", []).append(
                         _figures(verified, "control", trained["control"]["seconds"]))
@@ -136,6 +138,45 @@ def main() -> None:
                   f"{_spread(figures, 'flips', 0)} | {_spread(figures, 'restored', 0)} | {_spread(figures, 'caused', 0)} | {_spread(figures, 'gap', 3)} | {_spread(figures, 'general', 4)} | "
                   f"{_spread(figures, 'seconds', 0)} |")
         print(f"| {bits} | (quantize, score and locate, shared) | | | | | | | | | {shared_seconds[bits]:.0f} |")
+    _print_by_step(by_step)
+
+
+# Steps from this one on share the last column of the by-step table; GSM8K solutions rarely go far beyond it.
+LAST_STEP_COLUMN = 5
+
+
+def _flips_by_step(measure_dir: Path) -> dict[int, dict[str, int]]:
+    """Return, per step of the held-out solutions, the quantized model's flips and those the adapter restored or caused."""
+    from repair.locate import find_flips
+    from repair.measure import load_scores
+
+    counts: dict[int, dict[str, int]] = {step: {"quantized": 0, "restored": 0, "caused": 0}
+                                         for step in range(1, LAST_STEP_COLUMN + 1)}
+    reference = load_scores(measure_dir / "reference_test.parquet")
+    quantized = load_scores(measure_dir / "quantized_test.parquet")
+    repaired = load_scores(measure_dir / "repaired_test.parquet")
+    for fp, q, r in zip(reference, quantized, repaired):
+        q_flips, r_flips = set(find_flips(fp, q)), set(find_flips(fp, r))
+        for kind, positions in (("quantized", q_flips), ("restored", q_flips - r_flips), ("caused", r_flips - q_flips)):
+            for position in positions:
+                counts[min(fp.token_step[position] + 1, LAST_STEP_COLUMN)][kind] += 1
+    return counts
+
+
+def _print_by_step(by_step: dict[int, dict[str, list[dict]]]) -> None:
+    """Print where each variant's adapter restores and causes flips along the held-out solutions."""
+    steps = range(1, LAST_STEP_COLUMN + 1)
+    print("\nHeld-out flips by solution step (the answer line counts as a step), mean over seeds: "
+          "the quantized model's flips / restored by the adapter / caused by it.\n")
+    print("| bits | variant | " + " | ".join(f"step {s}" + ("+" if s == LAST_STEP_COLUMN else "") for s in steps) + " |")
+    print("|---|---|" + "---|" * len(steps))
+    for bits, variants in by_step.items():
+        for name, runs in variants.items():
+            cells = []
+            for step in steps:
+                means = [statistics.fmean(run[step][kind] for run in runs) for kind in ("quantized", "restored", "caused")]
+                cells.append(" / ".join(f"{mean:.0f}" for mean in means))
+            print(f"| {bits} | {name} | " + " | ".join(cells) + " |")
 
 
 def _figures(verified: dict, model: str, seconds: float) -> dict:
