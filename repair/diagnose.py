@@ -268,6 +268,8 @@ def run_diagnosis(reference_dir: Path, quantized_dir: Path, config: DiagnoseConf
             record.agree = record.fault["step_index"] == record.teacher_forced_step
 
     diagnosis = summarize(records, config, data_summary, seconds)
+    diagnosis["solutions"] = {"fp": solution_lengths(fp, config.max_new_tokens),
+                              "q": solution_lengths(q, config.max_new_tokens)}
     diagnosis["margin_traces"] = _margin_traces(tokenizer, traces, fp_scores, q_scores, frontiers, records,
                                                 config.margin_traces)
     diagnosis["teacher_forced_pool"] = teacher_forced_pool
@@ -283,6 +285,22 @@ def settle_unplaced(judge: StepJudge, unplaced: list[tuple[ProblemDiagnosis, Pro
         fault = judge.settle(record.question, generation.steps, generation.answer_line, reference, record.problem_id)
         if fault is not None:
             record.fault, record.fault_by = fault.to_dict(), "judge"
+
+
+def solution_lengths(generations: list[Generation], max_new_tokens: int) -> dict:
+    """Return the length figures of one model's solutions.
+
+    These are the mean new tokens and steps, and the counts of solutions with no step, with no
+    final-result line, and that stopped at the token cap.
+    """
+    count = len(generations) or 1
+    return {
+        "mean_new_tokens": round(sum(g.new_tokens for g in generations) / count, 1),
+        "mean_steps": round(sum(len(g.steps) for g in generations) / count, 2),
+        "no_step": sum(not g.steps for g in generations),
+        "no_answer_line": sum(g.answer_line is None for g in generations),
+        "at_token_cap": sum(g.new_tokens >= max_new_tokens for g in generations),
+    }
 
 
 def summarize(records: list[ProblemDiagnosis], config: DiagnoseConfig, data_summary: dict, seconds: dict) -> dict:

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from repair.diagnose import DiagnoseConfig, ProblemDiagnosis, choose_reference, summarize
+from repair.diagnose import DiagnoseConfig, ProblemDiagnosis, choose_reference, solution_lengths, summarize
 from repair.errors import ConfigError
 from repair.generate import Generation
 from repair.report import bar_chart, build_figures, render_report
@@ -135,6 +135,19 @@ def test_summarize_counts():
     assert summary["problems_per_minute"] == {"generated": 4.0, "teacher_forced": 40.0}
 
 
+def test_solution_lengths_counts():
+    from repair.generate import Generation
+
+    generations = [Generation("a", "The answer is: 3\n", 6, [], "3"),
+                   Generation("b", "Step 1: 2 + 2 = 4\nStep 2: 4 * 2 = 8\n", 16, ["2 + 2 = 4", "4 * 2 = 8"], None)]
+    lengths = solution_lengths(generations, max_new_tokens=16)
+    assert lengths["mean_new_tokens"] == 11.0
+    assert lengths["mean_steps"] == 1.0
+    assert lengths["no_step"] == 1
+    assert lengths["no_answer_line"] == 1
+    assert lengths["at_token_cap"] == 1
+
+
 def test_bar_chart_bar_heights():
     svg = bar_chart("t", ["a", "b"], {"s": [2.0, 4.0]}, y_max=4.0)
     heights = [float(h) for h in re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="([\d.]+)"', svg)]
@@ -151,6 +164,12 @@ def test_figures_and_report_from_summary():
     diagnosis["problems"] = [vars(r) for r in records]
     figures = build_figures(diagnosis)
     assert set(figures) == {"accuracy", "fault_positions", "error_types", "margins_1"}
+    diagnosis["solutions"] = {"fp": {"mean_new_tokens": 150.0, "mean_steps": 4.0, "no_step": 0, "no_answer_line": 1,
+                                     "at_token_cap": 1},
+                              "q": {"mean_new_tokens": 24.4, "mean_steps": 0.5, "no_step": 7, "no_answer_line": 0,
+                                    "at_token_cap": 0}}
     html = render_report(diagnosis, figures)
     assert "<td>execution</td><td>rules</td>" in html
+    assert '<td>quantized</td><td class="num">24.4</td><td class="num">0.5</td>' in html
+    assert '<td class="num">7</td>' in html
     assert "teacher-forced frontier, step 1" in html
