@@ -4,9 +4,9 @@ The judge reads the problem, the reference solution and the generated steps, and
 for each step in turn whether it is correct, then which of the four error types the first
 wrong step shows. A local judge reads its answers from the next-token logits ("Yes" against
 "No", one option letter against the others), so a judgement costs one forward pass and needs
-no sampling. ``repair.judge_api`` sends the questions to a served model instead. With several votes each vote
-words the question differently and lists the error types in another order, which evens out a
-small model's bias towards one position; the majority wins.
+no sampling. ``repair.judge_api`` sends the questions to a served model instead. With several
+votes, each vote words the question differently and lists the error types in another order,
+which evens out a small model's bias towards one position. The majority wins.
 """
 
 from __future__ import annotations

@@ -309,7 +309,8 @@ def test_token_stays_out_of_names_and_logs(chat_server, caplog):
     assert "url-secret" not in fault.detail
     assert TOKEN not in caplog.text
     repair_logs = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("repair"))
-    assert "judge request of" in repair_logs and "abstained on problem p3" in repair_logs
+    assert "judge request of" in repair_logs
+    assert "abstained on problem p3" in repair_logs
     assert "url-secret" not in repair_logs
     assert chat_server.requests[-1]["body"]["model"] == SERVED_MODEL  # the query string reached the server
 
